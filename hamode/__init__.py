@@ -1,0 +1,55 @@
+"""hamode: Hamiltonian deep neural networks in PyTorch.
+
+A field (the ODE right-hand side ``dy/dt = J ∇H``), an integrator (the
+discretisation) and a layer grid make a :class:`HamiltonianNet`.
+"""
+
+from . import diagnostics, fields, integrators
+from .activations import get_activation, list_activations
+from .architectures import architecture_info, list_architectures, make_field, register_architecture
+from .continuous import list_torchdiffeq_methods
+from .fields import (
+    AutogradHamiltonianField,
+    Field,
+    H1Field,
+    MS1Field,
+    MS2Field,
+    MS3Field,
+    SeparableField,
+    SparseSeparableField,
+)
+from .grid import LayerGrid
+from .integrators import Integrator, get_integrator, list_integrators, register_integrator
+from .net import GRADIENT_MODES, HamiltonianNet
+from .regularization import smoothness_penalty
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRADIENT_MODES",
+    "AutogradHamiltonianField",
+    "Field",
+    "H1Field",
+    "HamiltonianNet",
+    "Integrator",
+    "LayerGrid",
+    "MS1Field",
+    "MS2Field",
+    "MS3Field",
+    "SeparableField",
+    "SparseSeparableField",
+    "architecture_info",
+    "diagnostics",
+    "fields",
+    "get_activation",
+    "get_integrator",
+    "integrators",
+    "list_activations",
+    "list_architectures",
+    "list_integrators",
+    "list_torchdiffeq_methods",
+    "make_field",
+    "register_architecture",
+    "register_integrator",
+    "smoothness_penalty",
+]

@@ -1,0 +1,76 @@
+"""Activations paired with their antiderivatives (the Hamiltonian uses the antiderivative)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["Activation", "get_activation", "list_activations"]
+
+
+def _log_cosh(x: Tensor) -> Tensor:
+    # log cosh x = |x| + log(1 + exp(-2|x|)) - log 2: no overflow for large |x|.
+    a = x.abs()
+    return a + F.softplus(-2.0 * a) - math.log(2.0)
+
+
+def _half_relu_sq(x: Tensor) -> Tensor:
+    return 0.5 * torch.relu(x) ** 2
+
+
+def _tanh_prime(x: Tensor) -> Tensor:
+    t = torch.tanh(x)
+    return 1.0 - t * t
+
+
+def _sigmoid_prime(x: Tensor) -> Tensor:
+    s = torch.sigmoid(x)
+    return s * (1.0 - s)
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation σ with its antiderivative σ̃ (σ̃' = σ) and derivative σ'.
+
+    Attributes:
+        name: registry name.
+        sigma: σ.
+        antiderivative: σ̃, used by the Hamiltonian ``H = 1ᵀ σ̃(K y + b)``.
+        derivative: σ'.
+        slope_bound: sup |σ'| (S in the gradient upper bound).
+    """
+
+    name: str
+    sigma: Callable[[Tensor], Tensor]
+    antiderivative: Callable[[Tensor], Tensor]
+    derivative: Callable[[Tensor], Tensor]
+    slope_bound: float
+
+
+_ACTIVATIONS = {
+    "tanh": Activation("tanh", torch.tanh, _log_cosh, _tanh_prime, 1.0),
+    "relu": Activation("relu", torch.relu, _half_relu_sq, lambda x: (x > 0).to(x.dtype), 1.0),
+    "sigmoid": Activation("sigmoid", torch.sigmoid, F.softplus, _sigmoid_prime, 0.25),
+}
+
+
+def list_activations() -> list[str]:
+    """Names accepted by ``activation=`` arguments."""
+    return sorted(_ACTIVATIONS)
+
+
+def get_activation(activation: str | Activation) -> Activation:
+    """Look an activation up by name (or pass an :class:`Activation` through)."""
+    if isinstance(activation, Activation):
+        return activation
+    if not isinstance(activation, str):
+        raise TypeError(f"activation must be a name or an Activation, got {type(activation).__name__}")
+    try:
+        return _ACTIVATIONS[activation]
+    except KeyError:
+        raise ValueError(f"unknown activation {activation!r}; valid: {', '.join(list_activations())}") from None

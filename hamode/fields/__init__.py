@@ -1,0 +1,23 @@
+"""ODE right-hand sides: the Hamiltonian fields."""
+
+from .autograd import AutogradHamiltonianField
+from .base import Field, LayerRHS
+from .hamiltonian import H1Field
+from .ms import MS1Field, MS2Field
+from .separable import MS3Field, SeparableField, SparseSeparableField
+from .structure import check_skew, j1, j2
+
+__all__ = [
+    "AutogradHamiltonianField",
+    "Field",
+    "H1Field",
+    "LayerRHS",
+    "MS1Field",
+    "MS2Field",
+    "MS3Field",
+    "SeparableField",
+    "SparseSeparableField",
+    "check_skew",
+    "j1",
+    "j2",
+]

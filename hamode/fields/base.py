@@ -1,0 +1,317 @@
+"""The field base class: an ODE right-hand side with per-layer weights on a leading layer axis."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..activations import Activation, get_activation
+from ..grid import LayerGrid
+
+__all__ = ["INITS", "WEIGHT_PATHS", "Field", "LayerRHS"]
+
+WEIGHT_PATHS = ("piecewise", "constant", "linear")
+INITS = ("default", "normal")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+class Field(nn.Module):
+    """An ODE right-hand side ``dy/dt = f(t, y)`` whose weights change from layer to layer.
+
+    Subclasses register their per-layer parameters with :meth:`_stacked` (a leading
+    axis of *nodes*: N for ``weights="piecewise"``, 1 for ``"constant"``, N + 1 for
+    ``"linear"``) and implement the right-hand side of one layer as pure functions of
+    a weight dictionary ``w`` (one layer's weights, paper convention ``K: (m, n)``):
+    ``_rhs(w, y)``, ``_energy(w, y)`` and ``_structure(w)``. Weights derived from the
+    parameters (a skew K, a block-sparse K, ``J = A - Aᵀ``) are built once per pass for
+    all layers by :meth:`weight_table`.
+
+    Args:
+        dim: state size n.
+        n_layers: number of layers N.
+        activation: ``"tanh"``, ``"relu"``, ``"sigmoid"`` or an :class:`Activation`.
+        weights: ``"piecewise"`` (one weight set per layer, the papers' choice),
+            ``"constant"`` (one set for all layers: a time-invariant ODE) or
+            ``"linear"`` (weights at the N + 1 layer boundaries, linearly interpolated
+            inside each layer: continuous in t).
+    """
+
+    separable: ClassVar[bool] = False
+    constant_structure: ClassVar[bool] = True
+    default_integrator: ClassVar[str] = "euler"
+
+    def __init__(
+        self,
+        dim: int,
+        n_layers: int,
+        activation: str | Activation = "tanh",
+        weights: str = "piecewise",
+    ) -> None:
+        super().__init__()
+        self.dim = _check_int("dim", dim, 1)
+        self.n_layers = _check_int("n_layers", n_layers, 1)
+        self.activation = get_activation(activation)
+        if weights not in WEIGHT_PATHS:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHT_PATHS)}; got {weights!r}")
+        self.weights = weights
+        self.n_nodes = {"piecewise": n_layers, "constant": 1, "linear": n_layers + 1}[weights]
+        self.grid: LayerGrid | None = None
+        self._stacked_names: list[str] = []
+
+    # ---------------------------------------------------------------- parameters
+    def _stacked(self, name: str, shape: tuple[int, ...], fan_in: int | None, init: str, factory: dict) -> nn.Parameter:
+        """Register a parameter with a leading node axis and initialise it.
+
+        ``init="default"``: matrices N(0, 1/fan_in), biases 0. ``init="normal"``: N(0, 1)
+        for everything (the published code's choice).
+        """
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}; got {init!r}")
+        p = torch.empty((self.n_nodes, *shape), **factory)
+        with torch.no_grad():
+            if init == "normal":
+                p.normal_(0.0, 1.0)
+            elif fan_in is None:
+                p.zero_()
+            else:
+                p.normal_(0.0, 1.0 / math.sqrt(fan_in))
+        param = nn.Parameter(p)
+        self.register_parameter(name, param)
+        self._stacked_names.append(name)
+        return param
+
+    def weight_table(self) -> dict[str, Tensor]:
+        """All weights the layers use, built for every node at once.
+
+        Entries named in :attr:`stacked_keys` have the node axis first; the others
+        (``J``, ``X``) are shared by all layers. The default returns the parameters
+        themselves (no copies); fields with derived weights extend it.
+        """
+        return {name: getattr(self, name) for name in self._stacked_names}
+
+    @property
+    def stacked_keys(self) -> tuple[str, ...]:
+        """Keys of :meth:`weight_table` that carry a node axis."""
+        return tuple(self._stacked_names)
+
+    @property
+    def smoothness_keys(self) -> tuple[str, ...]:
+        """Keys of :meth:`weight_table` penalised by the smoothness regulariser (K's and b's)."""
+        return self.stacked_keys
+
+    def reference_tensor(self) -> Tensor | None:
+        """A tensor whose dtype and device the input must match (None: anything goes)."""
+        for t in self.parameters():
+            return t
+        for t in self.buffers():
+            return t
+        return None
+
+    # ---------------------------------------------------------------- layers
+    def node_range(self, j: int) -> tuple[int, int]:
+        """The nodes ``[lo, hi)`` that layer ``j`` reads."""
+        if self.weights == "piecewise":
+            return j, j + 1
+        if self.weights == "constant":
+            return 0, 1
+        return j, j + 2
+
+    def layer(self, j: int | Tensor, table: dict[str, Tensor] | None = None) -> "LayerRHS":
+        """The right-hand side frozen at layer ``j`` (views into the stacked weights, no copies).
+
+        Args:
+            j: layer index in ``[0, n_layers)`` (an int, or a 0-dim integer tensor).
+            table: a :meth:`weight_table` computed earlier in the same pass (optional).
+        """
+        if table is None:
+            table = self.weight_table()
+        if isinstance(j, Tensor):
+            idx = j if self.weights != "constant" else torch.zeros_like(j)
+            local = {
+                k: (v[idx].unsqueeze(0) if self.weights != "linear" else v[torch.stack([idx, idx + 1])])
+                if k in self.stacked_keys
+                else v
+                for k, v in table.items()
+            }
+        else:
+            if not 0 <= j < self.n_layers:
+                raise IndexError(f"layer index j must be in [0, {self.n_layers}), got {j}")
+            lo, hi = self.node_range(j)
+            local = {k: (v[lo:hi] if k in self.stacked_keys else v) for k, v in table.items()}
+        return LayerRHS(self, j, local)
+
+    def layer_from_local(self, j: int, local: dict[str, Tensor]) -> "LayerRHS":
+        """A :class:`LayerRHS` from weights already sliced with :meth:`node_range` (used by gradient engines)."""
+        return LayerRHS(self, j, local)
+
+    def _require_grid(self) -> LayerGrid:
+        if self.grid is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no time grid yet: wrap it in HamiltonianNet(field, t_end=...) "
+                "before evaluating it as a function of t"
+            )
+        return self.grid
+
+    def check_state(self, y: Any, name: str = "y") -> None:
+        """Raise a clear error if ``y`` is not a state this field accepts."""
+        if not isinstance(y, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+        if y.dim() < 1 or y.shape[-1] != self.dim:
+            raise ValueError(
+                f"{name} must have the state in its last dimension, of size dim={self.dim}; got shape {tuple(y.shape)}"
+            )
+        if not y.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {y.dtype}")
+        ref = self.reference_tensor()
+        if ref is not None and (y.dtype != ref.dtype or y.device != ref.device):
+            raise TypeError(
+                f"{name} has dtype {y.dtype} on {y.device}, but the field's parameters have dtype {ref.dtype} on "
+                f"{ref.device}; convert one of them (e.g. field.to(y.dtype) or y.to(...))"
+            )
+
+    # ---------------------------------------------------------------- continuous-time interface
+    def forward(self, t: Tensor | float, y: Tensor) -> Tensor:
+        """The continuous right-hand side ``f(t, y)``; the layer is looked up from ``t`` on the grid."""
+        grid = self._require_grid()
+        if not isinstance(t, Tensor):
+            t = torch.tensor(float(t), dtype=y.dtype, device=y.device)
+        return self.layer(grid.layer_of(t))(t, y)
+
+    def hamiltonian(self, t: Tensor | float, y: Tensor) -> Tensor:
+        """The energy ``H(t, y)`` per sample (shape ``y.shape[:-1]``)."""
+        grid = self._require_grid()
+        if not isinstance(t, Tensor):
+            t = torch.tensor(float(t), dtype=y.dtype, device=y.device)
+        return self.layer(grid.layer_of(t)).hamiltonian(t, y)
+
+    @property
+    def J(self) -> Tensor:
+        """The structure matrix (n, n); fields whose J changes per layer return (nodes, n, n)."""
+        table = self.weight_table()
+        if self.constant_structure:
+            return self._structure({k: v[0] if k in self.stacked_keys else v for k, v in table.items()})
+        return torch.stack([self.layer(j, table).J for j in range(self.n_layers)])
+
+    # ---------------------------------------------------------------- to implement
+    def _rhs(self, w: dict[str, Tensor], y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _energy(self, w: dict[str, Tensor], y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _structure(self, w: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def _lipschitz(self, w: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Bounds on ‖∂f/∂y‖₂ (``"full"``) and, if separable, ‖∂(dp/dt)/∂q‖₂ (``"dp"``), ‖∂(dq/dt)/∂p‖₂ (``"dq"``)."""
+        raise NotImplementedError(f"{type(self).__name__} states no Lipschitz bound")
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, n_layers={self.n_layers}, activation={self.activation.name}, weights={self.weights}"
+
+
+class SeparableMixin:
+    """Fields with ``y = [p, q]`` (in some order), ``dp/dt = a(t, q)`` and ``dq/dt = b(t, p)``.
+
+    ``p`` is the half that ``symplectic_euler`` updates first. Subclasses implement
+    ``_dp(w, q)``, ``_dq(w, p)`` and, if p is not the first half, set
+    ``p_is_first_half = False``.
+    """
+
+    separable: ClassVar[bool] = True
+    p_is_first_half: ClassVar[bool] = True
+
+    def split(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(p, q)`` from the state."""
+        half = y.shape[-1] // 2
+        a, b = y[..., :half], y[..., half:]
+        return (a, b) if self.p_is_first_half else (b, a)
+
+    def join(self, p: Tensor, q: Tensor) -> Tensor:
+        """The state from ``(p, q)``."""
+        return torch.cat([p, q] if self.p_is_first_half else [q, p], dim=-1)
+
+    def _rhs(self, w: dict[str, Tensor], y: Tensor) -> Tensor:
+        p, q = self.split(y)
+        return self.join(self._dp(w, q), self._dq(w, p))
+
+
+class LayerRHS:
+    """One layer's right-hand side: ``f(t, y)``, and for separable fields the half-fields.
+
+    Built by :meth:`Field.layer`. With ``weights="linear"`` the weights are interpolated
+    in t with the layer's own two nodes (and extrapolated with the same formula for
+    stages outside the layer's interval), so every stage uses this layer's weights.
+    """
+
+    __slots__ = ("_fixed", "_inv_h", "_t0", "field", "j", "local")
+
+    def __init__(self, field: Field, j: int | Tensor, local: dict[str, Tensor]) -> None:
+        self.field = field
+        self.j = j
+        self.local = local
+        stacked = field.stacked_keys
+        if field.weights == "linear":
+            grid = field._require_grid()
+            self._fixed = None
+            self._inv_h = 1.0 / grid.h
+            if isinstance(j, Tensor):
+                self._t0 = grid.boundaries(torch.float64, j.device)[j]
+            else:
+                self._t0 = grid.start(j)
+        else:
+            self._fixed = {k: (v[0] if k in stacked else v) for k, v in local.items()}
+
+    def weights(self, t: Tensor | float) -> dict[str, Tensor]:
+        """This layer's weights at time t."""
+        if self._fixed is not None:
+            return self._fixed
+        s = (t - self._t0) * self._inv_h
+        if isinstance(s, Tensor):
+            s = s.to(next(iter(self.local.values())).dtype)
+        stacked = self.field.stacked_keys
+        return {k: (v[0] + s * (v[1] - v[0]) if k in stacked else v) for k, v in self.local.items()}
+
+    def __call__(self, t: Tensor | float, y: Tensor) -> Tensor:
+        return self.field._rhs(self.weights(t), y)
+
+    def dp(self, t: Tensor | float, q: Tensor) -> Tensor:
+        """dp/dt as a function of q (separable fields)."""
+        return self.field._dp(self.weights(t), q)
+
+    def dq(self, t: Tensor | float, p: Tensor) -> Tensor:
+        """dq/dt as a function of p (separable fields)."""
+        return self.field._dq(self.weights(t), p)
+
+    def split(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self.field.split(y)
+
+    def join(self, p: Tensor, q: Tensor) -> Tensor:
+        return self.field.join(p, q)
+
+    def hamiltonian(self, t: Tensor | float, y: Tensor) -> Tensor:
+        """H of this layer per sample."""
+        return self.field._energy(self.weights(t), y)
+
+    def lipschitz(self, t: Tensor | float) -> dict[str, Tensor]:
+        """Lipschitz bounds of this layer's field (see :meth:`Field._lipschitz`)."""
+        return self.field._lipschitz(self.weights(t))
+
+    def structure(self, t: Tensor | float) -> Tensor:
+        """This layer's structure matrix at time t (it depends on t only for MS1/MS2 with linear weights)."""
+        return self.field._structure(self.weights(t))
+
+    @property
+    def J(self) -> Tensor:
+        """This layer's structure matrix (n, n) (at the layer start for linear weights)."""
+        return self.structure(self._t0 if self._fixed is None else 0.0)

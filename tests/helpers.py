@@ -1,0 +1,69 @@
+"""Shared test fixtures: small fields with known behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+import hamode
+from hamode.fields.base import Field, SeparableMixin
+
+F64 = torch.float64
+
+
+class HarmonicOscillator(SeparableMixin, Field):
+    """H = (p² + q²)/2 per coordinate pair: dp/dt = -q, dq/dt = p. Exact flow is a rotation."""
+
+    def __init__(self, dim: int = 2, n_layers: int = 1) -> None:
+        super().__init__(dim, n_layers)
+
+    def _dp(self, w, q):
+        return -q
+
+    def _dq(self, w, p):
+        return p
+
+    def _energy(self, w, y):
+        return 0.5 * (y * y).sum(-1)
+
+    def _structure(self, w):
+        return hamode.fields.j1(self.dim, dtype=F64)
+
+    @staticmethod
+    def exact(y0: torch.Tensor, t: float) -> torch.Tensor:
+        half = y0.shape[-1] // 2
+        p, q = y0[..., :half], y0[..., half:]
+        c, s = math.cos(t), math.sin(t)
+        return torch.cat([c * p - s * q, c * q + s * p], -1)
+
+
+def separable_integrators() -> list[str]:
+    return [n for n in hamode.list_integrators() if hamode.get_integrator(n).needs_separable]
+
+
+def reversible_integrators() -> list[str]:
+    return [n for n in hamode.list_integrators() if hamode.get_integrator(n).reversible]
+
+
+def symplectic_integrators() -> list[str]:
+    return [n for n in hamode.list_integrators() if hamode.get_integrator(n).symplectic]
+
+
+def separable_architectures() -> list[str]:
+    return [a for a in hamode.list_architectures() if hamode.architecture_info(a).field_class.separable]
+
+
+def field_for(integrator: str, n_layers: int = 4, dim: int = 4, seed: int = 0, **kw) -> Field:
+    """A float64 H-DNN field the integrator can run: H2 for separable-only rules, H1_J1 otherwise."""
+    torch.manual_seed(seed)
+    arch = "H2" if hamode.get_integrator(integrator).needs_separable else "H1_J1"
+    return hamode.make_field(arch, dim=dim, n_layers=n_layers, init="normal", dtype=F64, **kw)
+
+
+def log_slope(xs, ys) -> float:
+    """Least-squares slope of log(ys) against log(xs)."""
+    lx = torch.log(torch.tensor(xs, dtype=F64))
+    ly = torch.log(torch.tensor(ys, dtype=F64))
+    lx = lx - lx.mean()
+    return float((lx * (ly - ly.mean())).sum() / (lx * lx).sum())
