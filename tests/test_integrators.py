@@ -136,7 +136,7 @@ def test_registry_lookup_by_name_or_instance():
     step = hamode.get_integrator("leapfrog")
     assert hamode.get_integrator(step) is step
     assert hamode.get_integrator(type(step)).name == "leapfrog"
-    with pytest.raises(ValueError, match="unknown integrator 'verlet'.*euler.*leapfrog"):
+    with pytest.raises(ValueError, match=r"unknown integrator 'verlet'.*euler.*leapfrog"):
         hamode.get_integrator("verlet")
     with pytest.raises(TypeError, match="integrator must be"):
         hamode.get_integrator(3)

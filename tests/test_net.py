@@ -217,7 +217,7 @@ def test_bad_field_arguments(kwargs, match):
 
 
 def test_bad_make_field_keywords():
-    with pytest.raises(TypeError, match="architecture 'MS1'.*takes no argument 'width'"):
+    with pytest.raises(TypeError, match=r"architecture 'MS1'.*takes no argument 'width'"):
         hamode.make_field("MS1", dim=4, n_layers=2, width=3)
     with pytest.raises(TypeError, match="architecture 'H1_J1' fixes J='J1'"):
         hamode.make_field("H1_J1", dim=4, n_layers=2, J="J2")
@@ -254,11 +254,11 @@ def test_bad_input_shape_dtype_device():
         ValueError, match=r"y0 must have the state in its last dimension, of size dim=4; got shape \(3, 5\)"
     ):
         net(torch.zeros(3, 5))
-    with pytest.raises(TypeError, match="y0 has dtype torch.float64.*parameters have dtype torch.float32"):
+    with pytest.raises(TypeError, match=r"y0 has dtype torch.float64.*parameters have dtype torch.float32"):
         net(torch.zeros(3, 4, dtype=F64))
     with pytest.raises(TypeError, match="y0 must be a floating-point tensor"):
         net(torch.zeros(3, 4, dtype=torch.long))
-    with pytest.raises(TypeError, match="y0 must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"y0 must be a torch\.Tensor"):
         net([[0.0] * 4])
     with pytest.raises(TypeError, match="on meta"):
         net(torch.zeros(3, 4, device="meta"))
