@@ -63,7 +63,7 @@ def list_torchdiffeq_methods() -> list[str]:
 
 
 class _Dynamics(nn.Module):
-    """The field as torchdiffeq sees it: counts evaluations and accepted/rejected steps."""
+    """The field as torchdiffeq sees it: counts function evaluations (forward and adjoint solves)."""
 
     def __init__(self, field: nn.Module, stats: dict[str, int]) -> None:
         super().__init__()
@@ -78,6 +78,10 @@ class _Dynamics(nn.Module):
 
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
+
+
+class _AdaptiveDynamics(_Dynamics):
+    """Adds torchdiffeq's step callbacks (adaptive solvers only) to count accepted/rejected steps."""
 
     def callback_accept_step(self, t0, y0, dt) -> None:
         self._count("accepted_steps")
@@ -162,7 +166,7 @@ class ContinuousSolver:
             opts["grid_constructor"] = _GridConstructor(net.grid.time_grid(net.substeps, torch.float64, y0.device))
             opts["perturb"] = True
         net.stats = {}
-        dynamics = _Dynamics(net.field, net.stats)
+        dynamics = (_AdaptiveDynamics if self.adaptive else _Dynamics)(net.field, net.stats)
         if net.gradient == "adjoint" and torch.is_grad_enabled():
             params = tuple(p for p in net.field.parameters() if p.requires_grad)
             out = tde.odeint_adjoint(
