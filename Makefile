@@ -4,7 +4,10 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hamode-installed
 
-.PHONY: install test test-slow lint clean
+.PHONY: install data train test test-slow lint clean
+
+CONFIG ?= configs/mnist_h2.yaml
+RUN    ?= $(basename $(notdir $(CONFIG)))
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +17,14 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+data: install
+	$(PY) -c "from hamode.data.mnist import obtain_mnist; print('MNIST raw files verified in', obtain_mnist('data'))"
+
+# Train the default H-DNN (TAC's H2 on MNIST), then test its best checkpoint and print the test accuracy.
+train: data
+	$(VENV)/bin/hamode fit --config $(CONFIG)
+	$(VENV)/bin/hamode test --config $(CONFIG) --ckpt_path outputs/$(RUN)/checkpoints/best.ckpt
 
 test: install
 	$(PY) -m pytest -q

