@@ -184,7 +184,7 @@ class Toy2DDataModule(_InMemoryDataModule):
             return
         x, y = make_dataset(self.dataset, self.n_samples, self.noise, seed=self.seed)
         (xtr, ytr), (xte, yte) = train_test_split(x, y, seed=self.seed)
-        n_val = int(round(self.val_fraction * len(xtr)))
+        n_val = round(self.val_fraction * len(xtr))
         self.val_set = (xtr[:n_val], ytr[:n_val]) if n_val else None
         self.train_set = (xtr[n_val:], ytr[n_val:])
         self.test_set = (xte, yte)
