@@ -50,12 +50,26 @@ class Activation:
     antiderivative: Callable[[Tensor], Tensor]
     derivative: Callable[[Tensor], Tensor]
     slope_bound: float
+    backprop_through_output: Callable[[Tensor, Tensor], Tensor]
+    """``g ⊙ σ'(z)`` computed from ``s = σ(z)`` (no need to keep z): used by the fused gradient engine."""
+
+
+def _tanh_backprop(g: Tensor, s: Tensor) -> Tensor:
+    return torch.addcmul(g, g * s, s, value=-1.0)  # g (1 - s²)
+
+
+def _relu_backprop(g: Tensor, s: Tensor) -> Tensor:
+    return g * (s > 0)
+
+
+def _sigmoid_backprop(g: Tensor, s: Tensor) -> Tensor:
+    return torch.addcmul(g * s, g * s, s, value=-1.0)  # g s (1 - s)
 
 
 _ACTIVATIONS = {
-    "tanh": Activation("tanh", torch.tanh, _log_cosh, _tanh_prime, 1.0),
-    "relu": Activation("relu", torch.relu, _half_relu_sq, lambda x: (x > 0).to(x.dtype), 1.0),
-    "sigmoid": Activation("sigmoid", torch.sigmoid, F.softplus, _sigmoid_prime, 0.25),
+    "tanh": Activation("tanh", torch.tanh, _log_cosh, _tanh_prime, 1.0, _tanh_backprop),
+    "relu": Activation("relu", torch.relu, _half_relu_sq, lambda x: (x > 0).to(x.dtype), 1.0, _relu_backprop),
+    "sigmoid": Activation("sigmoid", torch.sigmoid, F.softplus, _sigmoid_prime, 0.25, _sigmoid_backprop),
 }
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .fields.base import Field, _check_int
+from .fused import FusedFlow, fused_applies, fused_forward
 from .grid import LayerGrid
 from .integrators import Integrator, get_integrator, list_integrators
 
@@ -38,6 +39,8 @@ class HamiltonianNet(nn.Module):
             exact inverse step: memory flat in depth, needs a reversible integrator) or
             ``"adjoint"`` (torchdiffeq's continuous adjoint; torchdiffeq integrators only).
         solver_options: options for torchdiffeq solvers (``rtol``, ``atol``, ...).
+        fast: use the fused engine (:mod:`hamode.fused`: analytic VJPs, no per-op autograd
+            graph) where it applies; ``False`` keeps the autograd reference path.
     """
 
     def __init__(
@@ -48,8 +51,12 @@ class HamiltonianNet(nn.Module):
         substeps: int = 1,
         gradient: str = "backprop",
         solver_options: dict[str, Any] | None = None,
+        fast: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(fast, bool):
+            raise TypeError(f"fast must be a bool, got {type(fast).__name__}")
+        self.fast = fast
         if not isinstance(field, Field):
             raise TypeError(f"field must be a hamode Field (see hamode.make_field), got {type(field).__name__}")
         self.field = field
@@ -136,7 +143,7 @@ class HamiltonianNet(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"t_end={self.t_end}, integrator={self.integrator_name!r}, substeps={self.substeps}, "
-            f"gradient={self.gradient!r}"
+            f"gradient={self.gradient!r}, fast={self.fast}"
         )
 
     # ---------------------------------------------------------------- evaluation
@@ -145,7 +152,13 @@ class HamiltonianNet(nn.Module):
         self.field.check_state(y0, "y0")
         if self.continuous:
             return self.continuous_solver.solve(self, y0, trajectory=False)[-1]
-        if self.gradient == "reversible" and torch.is_grad_enabled():
+        reversible = self.gradient == "reversible"
+        if self.fast and fused_applies(self, reversible):
+            params = tuple(self.field.parameters())
+            if torch.is_grad_enabled() and (y0.requires_grad or any(p.requires_grad for p in params)):
+                return FusedFlow.apply(self, reversible, y0, *params)
+            return fused_forward(self, y0)
+        if reversible and torch.is_grad_enabled():
             params = tuple(self.field.parameters())
             return _ReversibleFlow.apply(self, y0, *params)
         return self._flow(y0, self.field.weight_table())

@@ -212,12 +212,40 @@ class Field(nn.Module):
     def _structure(self, w: dict[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
+    # ---------------------------------------------------------------- fused gradient engine (optional)
+    # A field that supports hamode.fused implements, without autograd:
+    #   fused_weights(table) -> dict of per-node tensors (products for all layers at once, e.g. K Jᵀ,
+    #       and transposes); keys in fused_shared_keys are shared by all layers
+    #   non-separable:  _f_eval(w, y, alpha, base) -> (base + alpha f(y), ctx), w: one layer's weights
+    #                   _f_vjp(w, y, ctx, c, alpha, base) -> (base + alpha (∂f/∂y)ᵀ c, factors)
+    #       (factors unscaled: the engine applies each evaluation's alpha when it stacks them)
+    #   separable:      _dp_eval/_dp_vjp on q and _dq_eval/_dq_vjp on p, same signatures
+    #   fused_param_grads(fw, table, groups) -> {table key: gradient}, from the stacked factors
+    #       groups[name] = (*factors, a): factors stacked as (nodes, evals_per_node * B, ·), name in ("f",)
+    #       or ("dp", "dq"), and a the evaluations' alphas (a float, or (nodes, evals_per_node * B, 1))
+    # ``supports_fused`` says whether all of it is there.
+    supports_fused: ClassVar[bool] = False
+    fused_shared_keys: ClassVar[tuple[str, ...]] = ("J", "X")
+
     def _lipschitz(self, w: dict[str, Tensor]) -> dict[str, Tensor]:
         """Bounds on ‖∂f/∂y‖₂ (``"full"``) and, if separable, ‖∂(dp/dt)/∂q‖₂ (``"dp"``), ‖∂(dq/dt)/∂p‖₂ (``"dq"``)."""
         raise NotImplementedError(f"{type(self).__name__} states no Lipschitz bound")
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n_layers={self.n_layers}, activation={self.activation.name}, weights={self.weights}"
+
+
+def mm_out(a: Tensor, B: Tensor, alpha: float, base: Tensor | None) -> Tensor:
+    """``base + alpha (a @ B)`` in one op (``alpha (a @ B)`` without a base)."""
+    if base is None:
+        out = torch.mm(a, B)
+        return out if alpha == 1.0 else out.mul_(alpha)
+    return torch.addmm(base, a, B, alpha=alpha)
+
+
+def axpy(base: Tensor | None, s: Tensor, alpha: float) -> Tensor:
+    """``base + alpha s`` (``alpha s`` without a base)."""
+    return s * alpha if base is None else torch.add(base, s, alpha=alpha)
 
 
 class SeparableMixin:
@@ -244,6 +272,22 @@ class SeparableMixin:
     def _rhs(self, w: dict[str, Tensor], y: Tensor) -> Tensor:
         p, q = self.split(y)
         return self.join(self._dp(w, q), self._dq(w, p))
+
+    # fused engine: the full field from the two half-fields (for euler, rk4, midpoint on separable fields)
+    def _f_eval(self, w, y, alpha=1.0, base=None):
+        p, q = self.split(y)
+        bp, bq = self.split(base) if base is not None else (None, None)
+        kp, sq = self._dp_eval(w, q, alpha, bp)
+        kq, sp = self._dq_eval(w, p, alpha, bq)
+        return self.join(kp, kq), (sq, sp)
+
+    def _f_vjp(self, w, y, ctx, c, alpha=1.0, base=None):
+        p, q = self.split(y)
+        cp, cq = self.split(c)
+        bp, bq = self.split(base) if base is not None else (None, None)
+        gq, fq = self._dp_vjp(w, q, ctx[0], cp, alpha, bq)
+        gp, fp = self._dq_vjp(w, p, ctx[1], cq, alpha, bp)
+        return self.join(gp, gq), {"dp": fq, "dq": fp}
 
 
 class LayerRHS:

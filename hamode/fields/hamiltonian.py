@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..activations import Activation
 from ..architectures import register_architecture
-from .base import Field, _check_int
+from .base import Field, _check_int, mm_out
 from .structure import check_skew, j1, j2
 
 __all__ = ["H1Field"]
@@ -85,6 +85,31 @@ class H1Field(Field):
 
     def _structure(self, w: dict[str, Tensor]) -> Tensor:
         return w["J"]
+
+    # fused engine: f(y) = σ(y Kᵀ + b) (K Jᵀ), with K Jᵀ precomputed for all layers
+    supports_fused = True
+
+    def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
+        K, J = table["K"], table["J"]
+        KJ = torch.matmul(K, J.mT)
+        return {"K": K, "Kt": K.mT, "b": table["b"], "J": J, "KJ": KJ, "KJt": KJ.mT}
+
+    def _f_eval(self, w, y, alpha=1.0, base=None):
+        s = self.activation.sigma(torch.addmm(w["b"], y, w["Kt"]))
+        return mm_out(s, w["KJ"], alpha, base), s
+
+    def _f_vjp(self, w, y, s, c, alpha=1.0, base=None):
+        gz = self.activation.backprop_through_output(torch.mm(c, w["KJt"]), s)
+        return mm_out(gz, w["K"], alpha, base), (s, c, gz, y)
+
+    def fused_param_grads(self, fw, table, groups):
+        S, C, GZ, Y, a = groups["f"]
+        C, GZ = C * a, GZ * a
+        dKJ = torch.bmm(S.mT, C)  # ∂L/∂(K Jᵀ)
+        grads = {"K": torch.baddbmm(torch.matmul(dKJ, fw["J"]), GZ.mT, Y), "b": GZ.sum(1)}
+        if table["J"].requires_grad:
+            grads["J"] = torch.matmul(dKJ.mT, fw["K"]).sum(0)
+        return grads
 
     def _lipschitz(self, w: dict[str, Tensor]) -> dict[str, Tensor]:
         S = self.activation.slope_bound

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..activations import Activation
 from ..architectures import register_architecture
-from .base import Field, SeparableMixin
+from .base import Field, SeparableMixin, axpy, mm_out
 
 __all__ = ["MS1Field", "MS2Field"]
 
@@ -70,6 +70,34 @@ class MS1Field(SeparableMixin, Field):
         K0inv = torch.linalg.inv(w["K0"])
         zero = torch.zeros_like(K0inv)
         return torch.cat([torch.cat([zero, K0inv.mT], 1), torch.cat([-K0inv, zero], 1)], 0)
+
+    # fused engine
+    supports_fused = True
+
+    def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"K0": table["K0"], "K0t": table["K0"].mT, "b1": table["b1"], "b2": table["b2"]}
+
+    def _dp_eval(self, w, q, alpha=1.0, base=None):  # -σ(y K0 + b1)
+        s = self.activation.sigma(torch.addmm(w["b1"], q, w["K0"]))
+        return axpy(base, s, -alpha), s
+
+    def _dp_vjp(self, w, q, s, c, alpha=1.0, base=None):  # factor gz is for +σ: dp = -σ flips the sign
+        gz = self.activation.backprop_through_output(c, s)
+        return mm_out(gz, w["K0t"], -alpha, base), (gz, q)
+
+    def _dq_eval(self, w, p, alpha=1.0, base=None):  # σ(z K0ᵀ + b2)
+        s = self.activation.sigma(torch.addmm(w["b2"], p, w["K0t"]))
+        return axpy(base, s, alpha), s
+
+    def _dq_vjp(self, w, p, s, c, alpha=1.0, base=None):
+        gz = self.activation.backprop_through_output(c, s)
+        return mm_out(gz, w["K0"], alpha, base), (gz, p)
+
+    def fused_param_grads(self, fw, table, groups):
+        GZq, Q, aq = groups["dp"]
+        GZp, P, ap = groups["dq"]
+        GZq, GZp = GZq * (-aq), GZp * ap
+        return {"K0": torch.baddbmm(torch.bmm(Q.mT, GZq), GZp.mT, P), "b1": GZq.sum(1), "b2": GZp.sum(1)}
 
     def _lipschitz(self, w: dict[str, Tensor]) -> dict[str, Tensor]:
         L = self.activation.slope_bound * torch.linalg.matrix_norm(w["K0"], 2)
@@ -134,6 +162,25 @@ class MS2Field(Field):
 
     def _structure(self, w: dict[str, Tensor]) -> Tensor:
         return torch.linalg.inv(w["K"].mT)
+
+    # fused engine
+    supports_fused = True
+
+    def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"K": table["K"], "Kt": table["K"].mT, "b": table["b"]}
+
+    def _f_eval(self, w, y, alpha=1.0, base=None):
+        s = self.activation.sigma(torch.addmm(w["b"], y, w["Kt"]))
+        return axpy(base, s, alpha), s
+
+    def _f_vjp(self, w, y, s, c, alpha=1.0, base=None):
+        gz = self.activation.backprop_through_output(c, s)
+        return mm_out(gz, w["K"], alpha, base), (gz, y)
+
+    def fused_param_grads(self, fw, table, groups):
+        GZ, Y, a = groups["f"]
+        GZ = GZ * a
+        return {"K": torch.bmm(GZ.mT, Y), "b": GZ.sum(1)}
 
     def _lipschitz(self, w: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"full": self.activation.slope_bound * torch.linalg.matrix_norm(w["K"], 2)}

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..activations import Activation
 from ..architectures import register_architecture
-from .base import Field, SeparableMixin, _check_int
+from .base import Field, SeparableMixin, _check_int, mm_out
 
 __all__ = ["MS3Field", "SeparableField", "SparseSeparableField"]
 
@@ -107,6 +107,62 @@ class SeparableField(SeparableMixin, Field):
         X = w["X"]
         zero = torch.zeros_like(X)
         return torch.cat([torch.cat([zero, -X.mT], 1), torch.cat([X, zero], 1)], 0)
+
+    # fused engine: dp/dt = σ(q K_qᵀ + b_q)(-K_q X), dq/dt = σ(p K_pᵀ + b_p)(K_p Xᵀ), products precomputed
+    supports_fused = True
+
+    def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
+        X, Kp, Kq = table["X"], table["Kp"], table["Kq"]
+        KqX, KpX = -torch.matmul(Kq, X), torch.matmul(Kp, X.mT)
+        return {
+            "Kp": Kp,
+            "Kpt": Kp.mT,
+            "bp": table["bp"],
+            "Kq": Kq,
+            "Kqt": Kq.mT,
+            "bq": table["bq"],
+            "X": X,
+            "KqX": KqX,
+            "KqXt": KqX.mT,
+            "KpX": KpX,
+            "KpXt": KpX.mT,
+        }
+
+    def _half_eval(self, Kt, b, KX, x, alpha, base):
+        s = self.activation.sigma(torch.addmm(b, x, Kt))
+        return mm_out(s, KX, alpha, base), s
+
+    def _half_vjp(self, K, KXt, x, s, c, alpha, base):
+        gz = self.activation.backprop_through_output(torch.mm(c, KXt), s)
+        return mm_out(gz, K, alpha, base), (s, c, gz, x)
+
+    def _dp_eval(self, w, q, alpha=1.0, base=None):
+        return self._half_eval(w["Kqt"], w["bq"], w["KqX"], q, alpha, base)
+
+    def _dp_vjp(self, w, q, s, c, alpha=1.0, base=None):
+        return self._half_vjp(w["Kq"], w["KqXt"], q, s, c, alpha, base)
+
+    def _dq_eval(self, w, p, alpha=1.0, base=None):
+        return self._half_eval(w["Kpt"], w["bp"], w["KpX"], p, alpha, base)
+
+    def _dq_vjp(self, w, p, s, c, alpha=1.0, base=None):
+        return self._half_vjp(w["Kp"], w["KpXt"], p, s, c, alpha, base)
+
+    def fused_param_grads(self, fw, table, groups):
+        Sq, Cq, GZq, Q, aq = groups["dp"]
+        Sp, Cp, GZp, P, ap = groups["dq"]
+        Cq, GZq, Cp, GZp = Cq * aq, GZq * aq, Cp * ap, GZp * ap
+        X = fw["X"]
+        dKqX, dKpX = torch.bmm(Sq.mT, Cq), torch.bmm(Sp.mT, Cp)
+        grads = {
+            "Kq": torch.baddbmm(-torch.matmul(dKqX, X.mT), GZq.mT, Q),
+            "bq": GZq.sum(1),
+            "Kp": torch.baddbmm(torch.matmul(dKpX, X), GZp.mT, P),
+            "bp": GZp.sum(1),
+        }
+        if table["X"].requires_grad:
+            grads["X"] = (torch.matmul(dKpX.mT, fw["Kp"]) - torch.matmul(fw["Kq"].mT, dKqX)).sum(0)
+        return grads
 
     def _lipschitz(self, w: dict[str, Tensor]) -> dict[str, Tensor]:
         S, norm = self.activation.slope_bound, torch.linalg.matrix_norm

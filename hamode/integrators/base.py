@@ -45,6 +45,24 @@ class Integrator:
         """The exact inverse of :meth:`step` from ``(t, y)``: returns ``y`` given ``y_next``."""
         raise NotImplementedError(f"integrator {self.name!r} is not reversible")
 
+    # ---------------------------------------------------------------- fused gradient engine (optional)
+    # ``ops`` is a hamode.fused.FusedOps: ops.f(j, y, alpha, base) -> (base + alpha f(y), ctx) and
+    # ops.f_vjp(j, y, ctx, c, alpha, base) -> base + alpha (∂f/∂y)ᵀ c (separable: ops.dp/dq on q/p). Separable rules
+    # get the state as a (p, q) tuple. The tape is a flat tuple of tensors of fixed length.
+    supports_fused: ClassVar[bool] = False
+
+    def fused_step(self, ops, j: int, state, dt: float):
+        """One step without autograd; returns ``(next_state, tape)``."""
+        raise NotImplementedError
+
+    def fused_vjp(self, ops, j: int, tape: tuple, g, dt: float):
+        """Cotangent of the step's input from the cotangent ``g`` of its output (and the tape)."""
+        raise NotImplementedError
+
+    def fused_inverse(self, ops, j: int, state, dt: float):
+        """The exact inverse step, without autograd (reversible rules)."""
+        raise NotImplementedError
+
     def growth_bound(self, dt: float, bounds: dict[str, Tensor]) -> Tensor:
         """An upper bound on the spectral norm of one step's Jacobian ``∂y_{k+1}/∂y_k``.
 

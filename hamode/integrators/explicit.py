@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from .base import Integrator, register_integrator
@@ -24,6 +25,16 @@ class Euler(Integrator):
     def step(self, f, t, y: Tensor, dt: float) -> Tensor:
         return y + dt * f(t, y)
 
+    supports_fused = True
+
+    def fused_step(self, ops, j, y, dt):
+        y1, s = ops.f(j, y, dt, y)
+        return y1, (y, s)
+
+    def fused_vjp(self, ops, j, tape, g, dt):
+        y, s = tape
+        return ops.f_vjp(j, y, s, g, dt, g)
+
     def growth_bound(self, dt: float, bounds: dict[str, Tensor]) -> Tensor:
         return _taylor(abs(dt) * bounds["full"], 1)
 
@@ -41,6 +52,18 @@ class Midpoint(Integrator):
     def step(self, f, t, y: Tensor, dt: float) -> Tensor:
         k1 = f(t, y)
         return y + dt * f(t + 0.5 * dt, y + (0.5 * dt) * k1)
+
+    supports_fused = True
+
+    def fused_step(self, ops, j, y, dt):
+        ym, s1 = ops.f(j, y, 0.5 * dt, y)
+        y1, s2 = ops.f(j, ym, dt, y)
+        return y1, (y, s1, ym, s2)
+
+    def fused_vjp(self, ops, j, tape, g, dt):
+        y, s1, ym, s2 = tape
+        gym = ops.f_vjp(j, ym, s2, g, dt)
+        return ops.f_vjp(j, y, s1, gym, 0.5 * dt, g + gym)
 
     def growth_bound(self, dt: float, bounds: dict[str, Tensor]) -> Tensor:
         return _taylor(abs(dt) * bounds["full"], 2)
@@ -63,6 +86,28 @@ class RK4(Integrator):
         k3 = f(t + half, y + half * k2)
         k4 = f(t + dt, y + dt * k3)
         return y + (dt / 6.0) * (k1 + 2.0 * (k2 + k3) + k4)
+
+    supports_fused = True
+
+    def fused_step(self, ops, j, y, dt):
+        half = 0.5 * dt
+        k1, s1 = ops.f(j, y)
+        y2 = torch.add(y, k1, alpha=half)
+        k2, s2 = ops.f(j, y2)
+        y3 = torch.add(y, k2, alpha=half)
+        k3, s3 = ops.f(j, y3)
+        y4 = torch.add(y, k3, alpha=dt)
+        k4, s4 = ops.f(j, y4)
+        y1 = torch.add(y, torch.add(k1, k2 + k3, alpha=2.0) + k4, alpha=dt / 6.0)  # the reference's order
+        return y1, (y, s1, y2, s2, y3, s3, y4, s4)
+
+    def fused_vjp(self, ops, j, tape, g, dt):
+        y, s1, y2, s2, y3, s3, y4, s4 = tape
+        # stage cotangents: k4: dt/6 g; k3: dt/3 g + dt gy4; k2: dt/3 g + dt/2 gy3; k1: dt/6 g + dt/2 gy2
+        gy4 = ops.f_vjp(j, y4, s4, g, dt / 6.0)
+        gy3 = ops.f_vjp(j, y3, s3, torch.add(g, gy4, alpha=3.0), dt / 3.0)
+        gy2 = ops.f_vjp(j, y2, s2, torch.add(g, gy3, alpha=1.5), dt / 3.0)
+        return ops.f_vjp(j, y, s1, torch.add(g, gy2, alpha=3.0), dt / 6.0, g + gy4 + gy3 + gy2)
 
     def growth_bound(self, dt: float, bounds: dict[str, Tensor]) -> Tensor:
         return _taylor(abs(dt) * bounds["full"], 4)

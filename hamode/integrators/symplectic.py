@@ -36,6 +36,26 @@ class SymplecticEuler(_Separable):
         p = p + dt * f.dp(t, q)
         return f.join(p, q + dt * f.dq(t, p))
 
+    supports_fused = True
+
+    def fused_step(self, ops, j, state, dt):
+        p, q = state
+        p1, sq = ops.dp(j, q, dt, p)
+        q1, sp = ops.dq(j, p1, dt, q)
+        return (p1, q1), (q, sq, p1, sp)
+
+    def fused_vjp(self, ops, j, tape, g, dt):
+        q, sq, p1, sp = tape
+        gp1, gq1 = g
+        gp = ops.dq_vjp(j, p1, sp, gq1, dt, gp1)
+        return gp, ops.dp_vjp(j, q, sq, gp, dt, gq1)
+
+    def fused_inverse(self, ops, j, state, dt):
+        p1, q1 = state
+        q, _ = ops.dq(j, p1, -dt, q1)
+        p, _ = ops.dp(j, q, -dt, p1)
+        return p, q
+
     def inverse_step(self, f, t, y_next: Tensor, dt: float) -> Tensor:
         p, q = f.split(y_next)
         q = q - dt * f.dq(t, p)
@@ -59,10 +79,44 @@ class SymplecticEulerQP(_Separable):
         q = q + dt * f.dq(t, p)
         return f.join(p + dt * f.dp(t, q), q)
 
+    supports_fused = True
+
+    def fused_step(self, ops, j, state, dt):
+        p, q = state
+        q1, sp = ops.dq(j, p, dt, q)
+        p1, sq = ops.dp(j, q1, dt, p)
+        return (p1, q1), (p, sp, q1, sq)
+
+    def fused_vjp(self, ops, j, tape, g, dt):
+        p, sp, q1, sq = tape
+        gp1, gq1 = g
+        gq = ops.dp_vjp(j, q1, sq, gp1, dt, gq1)
+        return ops.dq_vjp(j, p, sp, gq, dt, gp1), gq
+
+    def fused_inverse(self, ops, j, state, dt):
+        p1, q1 = state
+        p, _ = ops.dp(j, q1, -dt, p1)
+        q, _ = ops.dq(j, p, -dt, q1)
+        return p, q
+
     def inverse_step(self, f, t, y_next: Tensor, dt: float) -> Tensor:
         p, q = f.split(y_next)
         p = p - dt * f.dp(t, q)
         return f.join(p, q - dt * f.dq(t, p))
+
+
+def _fused_leapfrog(ops, j, p, q, dt):
+    ph, sq0 = ops.dp(j, q, 0.5 * dt, p)
+    q1, sph = ops.dq(j, ph, dt, q)
+    p1, sq1 = ops.dp(j, q1, 0.5 * dt, ph)
+    return (p1, q1), (q, sq0, ph, sph, q1, sq1)
+
+
+def _fused_leapfrog_vjp(ops, j, tape, gp1, gq1, dt):
+    q, sq0, ph, sph, q1, sq1 = tape
+    gq1 = ops.dp_vjp(j, q1, sq1, gp1, 0.5 * dt, gq1)
+    gph = ops.dq_vjp(j, ph, sph, gq1, dt, gp1)
+    return gph, ops.dp_vjp(j, q, sq0, gph, 0.5 * dt, gq1)
 
 
 def _leapfrog(f, t, p: Tensor, q: Tensor, dt: float) -> tuple[Tensor, Tensor]:
@@ -94,6 +148,17 @@ class Leapfrog(_Separable):
 
     def inverse_step(self, f, t, y_next: Tensor, dt: float) -> Tensor:
         return f.join(*_leapfrog(f, t + dt, *f.split(y_next), -dt))
+
+    supports_fused = True
+
+    def fused_step(self, ops, j, state, dt):
+        return _fused_leapfrog(ops, j, *state, dt)
+
+    def fused_vjp(self, ops, j, tape, g, dt):
+        return _fused_leapfrog_vjp(ops, j, tape, *g, dt)
+
+    def fused_inverse(self, ops, j, state, dt):
+        return _fused_leapfrog(ops, j, *state, -dt)[0]
 
 
 _CBRT2 = 2.0 ** (1.0 / 3.0)
@@ -135,3 +200,22 @@ class Yoshida4(_Separable):
             p, q = _leapfrog(f, t, p, q, -w * dt)
             t = t - w * dt
         return f.join(p, q)
+
+    supports_fused = True
+
+    def fused_step(self, ops, j, state, dt):
+        tape: tuple = ()
+        for w in self.weights:
+            state, t = _fused_leapfrog(ops, j, *state, w * dt)
+            tape += t
+        return state, tape
+
+    def fused_vjp(self, ops, j, tape, g, dt):
+        for k, w in reversed(list(enumerate(self.weights))):
+            g = _fused_leapfrog_vjp(ops, j, tape[6 * k : 6 * k + 6], *g, w * dt)
+        return g
+
+    def fused_inverse(self, ops, j, state, dt):
+        for w in reversed(self.weights):
+            state = _fused_leapfrog(ops, j, *state, -w * dt)[0]
+        return state
