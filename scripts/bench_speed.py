@@ -112,8 +112,8 @@ def bench_small(depths, dims, repeats):
                 fused = hamode.HamiltonianNet(field, L * h, method, fast=True)
                 ref = hamode.HamiltonianNet(field, L * h, method, fast=False)
                 t = {
-                    "fused": timing(lambda y: (fused(y), fused.regularization(ALPHA)), params, y0, repeats),
-                    "reference": timing(lambda y: (ref(y), ref.regularization(ALPHA)), params, y0, repeats),
+                    "fused": timing(lambda y, n=fused: (n(y), n.regularization(ALPHA)), params, y0, repeats),
+                    "reference": timing(lambda y, n=ref: (n(y), n.regularization(ALPHA)), params, y0, repeats),
                     "plain": timing(plain_loop(method, field, h), params, y0, repeats),
                 }
                 if method in ("euler", "rk4"):
@@ -150,7 +150,7 @@ def bench_mnist(depths, repeats):
             net = hamode.HamiltonianNet(field, 0.5 * L, "symplectic_euler", fast=fast)
             res[name] = timing(lambda y, net=net: (net(y), net.regularization(ALPHA)), params, y0, repeats)
         flat_plain = plain_loop("symplectic_euler", field, 0.5)
-        res["plain"] = timing(lambda y: flat_plain(y.reshape(-1, 8)), params, y0, repeats)
+        res["plain"] = timing(lambda y, run=flat_plain: run(y.reshape(-1, 8)), params, y0, repeats)
         rows.append(
             [
                 "symplectic_euler",
