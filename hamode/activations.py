@@ -51,25 +51,32 @@ class Activation:
     derivative: Callable[[Tensor], Tensor]
     slope_bound: float
     backprop_through_output: Callable[[Tensor, Tensor], Tensor]
-    """``g ⊙ σ'(z)`` computed from ``s = σ(z)`` (no need to keep z): used by the fused gradient engine."""
+    """``g ⊙ σ'(z)`` computed from ``s = σ(z)`` (no need to keep z); may overwrite g. Fused engine only."""
+    sigma_: Callable[[Tensor], Tensor]
+    """σ in place (fused engine only)."""
 
 
 def _tanh_backprop(g: Tensor, s: Tensor) -> Tensor:
-    return torch.addcmul(g, g * s, s, value=-1.0)  # g (1 - s²)
+    return g.addcmul_(g * s, s, value=-1.0)  # g (1 - s²)
 
 
 def _relu_backprop(g: Tensor, s: Tensor) -> Tensor:
-    return g * (s > 0)
+    return g.mul_(s > 0)
 
 
 def _sigmoid_backprop(g: Tensor, s: Tensor) -> Tensor:
-    return torch.addcmul(g * s, g * s, s, value=-1.0)  # g s (1 - s)
+    gs = g.mul_(s)
+    return gs.addcmul_(gs, s, value=-1.0)  # g s (1 - s)
 
 
 _ACTIVATIONS = {
-    "tanh": Activation("tanh", torch.tanh, _log_cosh, _tanh_prime, 1.0, _tanh_backprop),
-    "relu": Activation("relu", torch.relu, _half_relu_sq, lambda x: (x > 0).to(x.dtype), 1.0, _relu_backprop),
-    "sigmoid": Activation("sigmoid", torch.sigmoid, F.softplus, _sigmoid_prime, 0.25, _sigmoid_backprop),
+    "tanh": Activation("tanh", torch.tanh, _log_cosh, _tanh_prime, 1.0, _tanh_backprop, torch.tanh_),
+    "relu": Activation(
+        "relu", torch.relu, _half_relu_sq, lambda x: (x > 0).to(x.dtype), 1.0, _relu_backprop, torch.relu_
+    ),
+    "sigmoid": Activation(
+        "sigmoid", torch.sigmoid, F.softplus, _sigmoid_prime, 0.25, _sigmoid_backprop, torch.sigmoid_
+    ),
 }
 
 

@@ -19,12 +19,10 @@ autograd reference (``fast=False``) elsewhere (linear weights, torchdiffeq, auto
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
 if TYPE_CHECKING:
     from .net import HamiltonianNet
@@ -37,10 +35,11 @@ class FusedOps:
 
     Holds one dict of per-layer weight views (built once, shared by the forward and the
     backward of a step) and records each VJP's parameter factors and scale by half-field
-    ("f", or "dp"/"dq").
+    ("f", or "dp"/"dq"). The field's methods are bound once: this object sits in the
+    innermost loop.
     """
 
-    __slots__ = ("alphas", "field", "fw", "groups", "w")
+    __slots__ = ("_dpe", "_dpv", "_dqe", "_dqv", "_fe", "_fv", "alphas", "field", "fw", "groups", "w")
 
     def __init__(self, field, fw: dict[str, Tensor]) -> None:
         self.field, self.fw = field, fw
@@ -49,44 +48,46 @@ class FusedOps:
         shared = {k: v for k, v in fw.items() if k in field.fused_shared_keys}
         nodes = [{**shared, **{k: v[i] for k, v in stacked.items()}} for i in range(n)]
         self.w = nodes * field.n_layers if field.weights == "constant" else nodes
-        self.groups: dict[str, list[tuple[Tensor, ...]]] = defaultdict(list)
-        self.alphas: dict[str, list[float]] = defaultdict(list)
+        self.groups: dict[str, list] = {"f": [], "dp": [], "dq": []}
+        self.alphas: dict[str, list[float]] = {"f": [], "dp": [], "dq": []}
+        self._fe, self._fv = getattr(field, "_f_eval", None), getattr(field, "_f_vjp", None)
+        self._dpe, self._dpv = getattr(field, "_dp_eval", None), getattr(field, "_dp_vjp", None)
+        self._dqe, self._dqv = getattr(field, "_dq_eval", None), getattr(field, "_dq_vjp", None)
 
     def reset(self) -> None:
-        self.groups.clear()
-        self.alphas.clear()
+        for v in (*self.groups.values(), *self.alphas.values()):
+            v.clear()
 
-    def _record(self, name: str, factors, alpha: float) -> None:
-        if isinstance(factors, dict):  # a separable field's full f records per half-field
+    def f(self, j, y, alpha=1.0, base=None):
+        return self._fe(self.w[j], y, alpha, base)
+
+    def f_vjp(self, j, y, ctx, c, alpha=1.0, base=None):
+        g, factors = self._fv(self.w[j], y, ctx, c, alpha, base)
+        if type(factors) is dict:  # a separable field's full f records per half-field
             for key, fac in factors.items():
                 self.groups[key].append(fac)
                 self.alphas[key].append(alpha)
         else:
-            self.groups[name].append(factors)
-            self.alphas[name].append(alpha)
-
-    def f(self, j, y, alpha=1.0, base=None):
-        return self.field._f_eval(self.w[j], y, alpha, base)
-
-    def f_vjp(self, j, y, ctx, c, alpha=1.0, base=None):
-        g, factors = self.field._f_vjp(self.w[j], y, ctx, c, alpha, base)
-        self._record("f", factors, alpha)
+            self.groups["f"].append(factors)
+            self.alphas["f"].append(alpha)
         return g
 
     def dp(self, j, q, alpha=1.0, base=None):
-        return self.field._dp_eval(self.w[j], q, alpha, base)
+        return self._dpe(self.w[j], q, alpha, base)
 
     def dp_vjp(self, j, q, ctx, c, alpha=1.0, base=None):
-        g, factors = self.field._dp_vjp(self.w[j], q, ctx, c, alpha, base)
-        self._record("dp", factors, alpha)
+        g, factors = self._dpv(self.w[j], q, ctx, c, alpha, base)
+        self.groups["dp"].append(factors)
+        self.alphas["dp"].append(alpha)
         return g
 
     def dq(self, j, p, alpha=1.0, base=None):
-        return self.field._dq_eval(self.w[j], p, alpha, base)
+        return self._dqe(self.w[j], p, alpha, base)
 
     def dq_vjp(self, j, p, ctx, c, alpha=1.0, base=None):
-        g, factors = self.field._dq_vjp(self.w[j], p, ctx, c, alpha, base)
-        self._record("dq", factors, alpha)
+        g, factors = self._dqv(self.w[j], p, ctx, c, alpha, base)
+        self.groups["dq"].append(factors)
+        self.alphas["dq"].append(alpha)
         return g
 
     def stacked_groups(self, n_nodes: int) -> dict[str, tuple]:
@@ -98,6 +99,8 @@ class FusedOps:
         """
         out = {}
         for name, facs in self.groups.items():
+            if not facs:
+                continue
             facs, alphas = facs[::-1], self.alphas[name][::-1]
             stacked = tuple(
                 torch.stack([f[k] for f in facs]).reshape(n_nodes, -1, facs[0][k].shape[-1])
@@ -122,6 +125,34 @@ def fused_applies(net: "HamiltonianNet", reversible: bool = False) -> bool:
     if net.field.weights not in ("piecewise", "constant"):
         return False
     return not reversible or step.reversible
+
+
+def _flatten_tapes(tapes: list[tuple]) -> tuple[list[Tensor], tuple[int, ...]]:
+    """All tapes of a pass share one structure: a tuple whose items are tensors or tuples of tensors.
+    Returns the flat tensors and the structure (item widths, 0 for a bare tensor)."""
+    if not tapes:
+        return [], ()
+    widths = tuple(len(item) if isinstance(item, tuple) else 0 for item in tapes[0])
+    if not any(widths):
+        return [t for tape in tapes for t in tape], widths
+    return [t for tape in tapes for item in tape for t in (item if isinstance(item, tuple) else (item,))], widths
+
+
+def _tape(flat: list[Tensor], widths: tuple[int, ...], k: int) -> tuple:
+    """Tape k from the flat list."""
+    stride = sum(max(w, 1) for w in widths)
+    chunk = flat[k * stride : (k + 1) * stride]
+    if not any(widths):
+        return tuple(chunk)
+    out, i = [], 0
+    for w in widths:
+        if w:
+            out.append(tuple(chunk[i : i + w]))
+            i += w
+        else:
+            out.append(chunk[i])
+            i += 1
+    return tuple(out)
 
 
 def _split(net, y: Tensor):
@@ -163,7 +194,7 @@ class FusedFlow(torch.autograd.Function):
             out = _run(net, y0.reshape(-1, field.dim), ops, tapes)
         ctx.net, ctx.reversible, ctx.shape, ctx.ops = net, reversible, y0.shape, ops
         ctx.versions = [p._version for p in params]
-        flat, ctx.tape_spec = tree_flatten(tapes if tapes is not None else [])
+        flat, ctx.tape_widths = _flatten_tapes(tapes or [])
         ctx.save_for_backward(out, *flat)
         return out.reshape(y0.shape)
 
@@ -172,7 +203,6 @@ class FusedFlow(torch.autograd.Function):
         net: HamiltonianNet = ctx.net
         field, step = net.field, net.integrator
         out, *flat = ctx.saved_tensors
-        tapes = tree_unflatten(flat, ctx.tape_spec)
         params = list(field.parameters())
         if [p._version for p in params] != ctx.versions:
             raise RuntimeError(
@@ -195,7 +225,7 @@ class FusedFlow(torch.autograd.Function):
                         state = step.fused_inverse(ops, j, state, dt)
                         tape = step.fused_step(ops, j, state, dt)[1]
                     else:
-                        tape = tapes[k]
+                        tape = _tape(flat, ctx.tape_widths, k)
                     g = step.fused_vjp(ops, j, tape, g, dt)
             g_y0 = _join(net, g).reshape(ctx.shape)
             grads = field.fused_param_grads(fw, table, ops.stacked_groups(field.n_nodes))

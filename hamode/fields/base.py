@@ -236,11 +236,20 @@ class Field(nn.Module):
 
 
 def mm_out(a: Tensor, B: Tensor, alpha: float, base: Tensor | None) -> Tensor:
-    """``base + alpha (a @ B)`` in one op (``alpha (a @ B)`` without a base)."""
+    """``base + alpha (a @ B)`` (``alpha (a @ B)`` without a base).
+
+    ``mm`` then ``add``: for the small matrices of an H-DNN layer this is faster than ``addmm``,
+    which copies ``base`` into its output before the product.
+    """
+    out = torch.mm(a, B)
     if base is None:
-        out = torch.mm(a, B)
         return out if alpha == 1.0 else out.mul_(alpha)
-    return torch.addmm(base, a, B, alpha=alpha)
+    return torch.add(base, out, alpha=alpha)
+
+
+def affine_act(act, x: Tensor, Wt: Tensor, b: Tensor) -> Tensor:
+    """``σ(x Wt + b)`` with the bias and σ applied in place on the product (fused engine)."""
+    return act.sigma_(torch.mm(x, Wt).add_(b))
 
 
 def axpy(base: Tensor | None, s: Tensor, alpha: float) -> Tensor:

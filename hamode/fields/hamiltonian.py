@@ -95,8 +95,11 @@ class H1Field(Field):
         return {"K": K, "Kt": K.mT, "b": table["b"], "J": J, "KJ": KJ, "KJt": KJ.mT}
 
     def _f_eval(self, w, y, alpha=1.0, base=None):
-        s = self.activation.sigma(torch.addmm(w["b"], y, w["Kt"]))
-        return mm_out(s, w["KJ"], alpha, base), s
+        s = self.activation.sigma_(torch.mm(y, w["Kt"]).add_(w["b"]))
+        out = torch.mm(s, w["KJ"])
+        if base is None:
+            return (out if alpha == 1.0 else out.mul_(alpha)), s
+        return torch.add(base, out, alpha=alpha), s
 
     def _f_vjp(self, w, y, s, c, alpha=1.0, base=None):
         gz = self.activation.backprop_through_output(torch.mm(c, w["KJt"]), s)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..activations import Activation
 from ..architectures import register_architecture
-from .base import Field, SeparableMixin, axpy, mm_out
+from .base import Field, SeparableMixin, affine_act, axpy, mm_out
 
 __all__ = ["MS1Field", "MS2Field"]
 
@@ -78,19 +78,19 @@ class MS1Field(SeparableMixin, Field):
         return {"K0": table["K0"], "K0t": table["K0"].mT, "b1": table["b1"], "b2": table["b2"]}
 
     def _dp_eval(self, w, q, alpha=1.0, base=None):  # -σ(y K0 + b1)
-        s = self.activation.sigma(torch.addmm(w["b1"], q, w["K0"]))
+        s = affine_act(self.activation, q, w["K0"], w["b1"])
         return axpy(base, s, -alpha), s
 
     def _dp_vjp(self, w, q, s, c, alpha=1.0, base=None):  # factor gz is for +σ: dp = -σ flips the sign
-        gz = self.activation.backprop_through_output(c, s)
+        gz = self.activation.backprop_through_output(c.clone(), s)  # c belongs to the caller
         return mm_out(gz, w["K0t"], -alpha, base), (gz, q)
 
     def _dq_eval(self, w, p, alpha=1.0, base=None):  # σ(z K0ᵀ + b2)
-        s = self.activation.sigma(torch.addmm(w["b2"], p, w["K0t"]))
+        s = affine_act(self.activation, p, w["K0t"], w["b2"])
         return axpy(base, s, alpha), s
 
     def _dq_vjp(self, w, p, s, c, alpha=1.0, base=None):
-        gz = self.activation.backprop_through_output(c, s)
+        gz = self.activation.backprop_through_output(c.clone(), s)  # c belongs to the caller
         return mm_out(gz, w["K0"], alpha, base), (gz, p)
 
     def fused_param_grads(self, fw, table, groups):
@@ -170,11 +170,11 @@ class MS2Field(Field):
         return {"K": table["K"], "Kt": table["K"].mT, "b": table["b"]}
 
     def _f_eval(self, w, y, alpha=1.0, base=None):
-        s = self.activation.sigma(torch.addmm(w["b"], y, w["Kt"]))
+        s = affine_act(self.activation, y, w["Kt"], w["b"])
         return axpy(base, s, alpha), s
 
     def _f_vjp(self, w, y, s, c, alpha=1.0, base=None):
-        gz = self.activation.backprop_through_output(c, s)
+        gz = self.activation.backprop_through_output(c.clone(), s)  # c belongs to the caller
         return mm_out(gz, w["K"], alpha, base), (gz, y)
 
     def fused_param_grads(self, fw, table, groups):

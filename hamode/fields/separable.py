@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..activations import Activation
 from ..architectures import register_architecture
-from .base import Field, SeparableMixin, _check_int, mm_out
+from .base import Field, SeparableMixin, _check_int, affine_act, mm_out
 
 __all__ = ["MS3Field", "SeparableField", "SparseSeparableField"]
 
@@ -129,7 +129,7 @@ class SeparableField(SeparableMixin, Field):
         }
 
     def _half_eval(self, Kt, b, KX, x, alpha, base):
-        s = self.activation.sigma(torch.addmm(b, x, Kt))
+        s = affine_act(self.activation, x, Kt, b)
         return mm_out(s, KX, alpha, base), s
 
     def _half_vjp(self, K, KXt, x, s, c, alpha, base):
