@@ -27,7 +27,11 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .net import HamiltonianNet
 
-__all__ = ["FusedFlow", "FusedOps", "fused_applies", "fused_forward", "reconstruct"]
+__all__ = ["FACTOR_BUDGET_BYTES", "FusedFlow", "FusedOps", "fused_applies", "fused_forward", "reconstruct"]
+
+FACTOR_BUDGET_BYTES = 32 * 2**20
+"""The backward forms parameter gradients in batches of layers whose recorded factors fit in this
+many bytes, so the reversible mode's memory stays flat in depth (and backprop's adds at most this)."""
 
 
 class FusedOps:
@@ -89,6 +93,9 @@ class FusedOps:
         self.groups["dq"].append(factors)
         self.alphas["dq"].append(alpha)
         return g
+
+    def recorded_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for facs in self.groups.values() for f in facs for t in f)
 
     def stacked_groups(self, n_nodes: int) -> dict[str, tuple]:
         """The recorded factors as ``(nodes, evaluations_per_node * B, ·)`` tensors (nodes ascending), plus
@@ -155,6 +162,25 @@ def _tape(flat: list[Tensor], widths: tuple[int, ...], k: int) -> tuple:
     return tuple(out)
 
 
+def _flush(field, ops: FusedOps, fw, table, acc: dict[str, Tensor], lo: int, hi: int) -> None:
+    """Form the parameter gradients of layers [lo, hi) from the recorded factors and add them to ``acc``."""
+    if field.weights == "constant":
+        n0, n1 = 0, 1
+    else:
+        n0, n1 = lo, hi
+    shared = field.fused_shared_keys
+    fw_nodes = {key: (v if key in shared else v[n0:n1]) for key, v in fw.items()}
+    grads = field.fused_param_grads(fw_nodes, table, ops.stacked_groups(n1 - n0))
+    ops.reset()
+    for key, gk in grads.items():
+        if key in shared:
+            acc[key] = acc[key] + gk if key in acc else gk
+        else:
+            if key not in acc:
+                acc[key] = gk.new_zeros(table[key].shape)
+            acc[key][n0:n1] += gk
+
+
 def _split(net, y: Tensor):
     return net.field.split(y) if net.integrator.needs_separable else y
 
@@ -217,6 +243,8 @@ class FusedFlow(torch.autograd.Function):
             dt = net.grid.h / net.substeps
             g = _split(net, g_out.reshape(-1, field.dim))
             state = _split(net, out) if ctx.reversible else None
+            acc: dict[str, Tensor] = {}
+            chunk, upper = None, net.n_layers  # layers [j, upper) recorded and not yet flushed
             k = net.n_layers * net.substeps
             for j in reversed(range(net.n_layers)):
                 for _ in range(net.substeps):
@@ -227,8 +255,13 @@ class FusedFlow(torch.autograd.Function):
                     else:
                         tape = _tape(flat, ctx.tape_widths, k)
                     g = step.fused_vjp(ops, j, tape, g, dt)
+                if chunk is None:  # every layer records the same: size the batches once
+                    chunk = max(1, FACTOR_BUDGET_BYTES // max(1, ops.recorded_bytes()))
+                if upper - j >= chunk or j == 0:
+                    _flush(field, ops, fw, table, acc, j, upper)
+                    upper = j
             g_y0 = _join(net, g).reshape(ctx.shape)
-            grads = field.fused_param_grads(fw, table, ops.stacked_groups(field.n_nodes))
+            grads = acc
         keys = [key for key in grads if table[key].requires_grad]
         wanted = [i for i, p in enumerate(params) if p.requires_grad]
         param_grads: list[Tensor | None] = [None] * len(params)

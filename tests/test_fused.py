@@ -165,3 +165,19 @@ def test_gradcheck_fused():
             return torch.func.functional_call(net, {f"field.{n}": p for n, p in zip(names, ps)}, (y,))
 
         assert torch.autograd.gradcheck(fn, (torch.randn(2, 8, dtype=F64, requires_grad=True), *params))
+
+
+@pytest.mark.parametrize("kind,name", [("H1_learnJ", "rk4"), ("H2_learnX", "leapfrog"), ("MS1", "yoshida4")])
+@pytest.mark.parametrize("weights", ["piecewise", "constant"])
+def test_parameter_gradients_formed_in_small_batches(kind, name, weights, monkeypatch):
+    """The backward flushes parameter gradients in batches of layers (bounded memory); force one layer a batch."""
+    import hamode.fused
+
+    field = make(kind, 9, weights=weights)
+    y0 = torch.randn(4, 8, dtype=F64)
+    _, whole = _run(field, name, y0, fast=True)
+    monkeypatch.setattr(hamode.fused, "FACTOR_BUDGET_BYTES", 1)
+    _, chunked = _run(field, name, y0, fast=True)
+    _, reference = _run(field, name, y0, fast=False)
+    _assert_close(whole, chunked, 1e-12)
+    _assert_close(reference, chunked, 1e-10)
