@@ -97,5 +97,5 @@ def test_diagnostics_bad_input():
     net = hamode.HamiltonianNet(hamode.make_field("H2", dim=4, n_layers=3), 1.0)
     with pytest.raises(ValueError, match=r"layers must lie in \[0, 3\], got 7"):
         backward_sensitivity(net, torch.randn(2, 4), layers=[7])
-    with pytest.raises(ValueError, match="Phi .* and J .* must end in the same"):
+    with pytest.raises(ValueError, match=r"Phi .* and J .* must end in the same"):
         symplecticity_defect(torch.eye(3), torch.eye(4))
