@@ -37,7 +37,11 @@ class HamiltonianNet(nn.Module):
         gradient: ``"backprop"`` (autograd through every step), ``"reversible"``
             (keeps only the output and rebuilds earlier states with the integrator's
             exact inverse step: memory flat in depth, needs a reversible integrator) or
-            ``"adjoint"`` (torchdiffeq's continuous adjoint; torchdiffeq integrators only).
+            ``"adjoint"`` (torchdiffeq's ``odeint_adjoint``; torchdiffeq integrators only). The adjoint
+            gives the gradient of the *continuous* problem, computed by a second ODE solve backwards in
+            time; it is not the gradient of the discrete network that the forward solve computes. The two
+            agree as the solver tolerance (or step) goes to zero and differ at large h or loose tolerances.
+            Its saved state does not grow with depth.
         solver_options: options for torchdiffeq solvers (``rtol``, ``atol``, ...).
         fast: use the fused engine (:mod:`hamode.fused`: analytic VJPs, no per-op autograd
             graph) where it applies; ``False`` keeps the autograd reference path.

