@@ -271,3 +271,34 @@ def test_ddp_two_processes(tmp_path):
     for k in r0["state"]:
         assert torch.equal(r0["state"][k], r1["state"][k]), k
     assert any(not torch.equal(r0["state"][k], r0["before"][k]) for k in r0["state"])  # it trained
+
+
+def test_in_memory_loader_resumes_with_augmentation():
+    from lightning_modules.data import InMemoryLoader, random_translate
+
+    x = torch.randn(50, 1, 28, 28)
+    y = torch.arange(50)
+
+    def make():
+        return InMemoryLoader((x, y), 8, shuffle=True, seed=3, transform=lambda a, g: random_translate(a, 2.0, g, 0.0))
+
+    loader = make()
+    loader.sampler.set_epoch(2)
+    full = list(loader)
+    assert len(full) == len(loader) == 7
+    assert not torch.equal(full[0][0], x[full[0][1]])  # augmented
+    partial = make()
+    partial.sampler.set_epoch(2)
+    it = iter(partial)
+    for _ in range(3):
+        next(it)
+    partial.consumed = 3  # what the DataModule counts when the loop takes batches
+    state = partial.state_dict()
+    resumed = make()
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == 4
+    for (a, la), (b, lb) in zip(full[3:], rest):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        InMemoryLoader((x,), 0, shuffle=False)
