@@ -43,7 +43,7 @@ class FusedOps:
     innermost loop.
     """
 
-    __slots__ = ("_dpe", "_dpv", "_dqe", "_dqv", "_fe", "_fv", "alphas", "field", "fw", "groups", "w")
+    __slots__ = ("_af", "_dpe", "_dpv", "_dqe", "_dqv", "_fe", "_fv", "_gf", "alphas", "field", "fw", "groups", "w")
 
     def __init__(self, field, fw: dict[str, Tensor]) -> None:
         self.field, self.fw = field, fw
@@ -57,6 +57,7 @@ class FusedOps:
         self._fe, self._fv = getattr(field, "_f_eval", None), getattr(field, "_f_vjp", None)
         self._dpe, self._dpv = getattr(field, "_dp_eval", None), getattr(field, "_dp_vjp", None)
         self._dqe, self._dqv = getattr(field, "_dq_eval", None), getattr(field, "_dq_vjp", None)
+        self._gf, self._af = self.groups["f"], self.alphas["f"]
 
     def reset(self) -> None:
         for v in (*self.groups.values(), *self.alphas.values()):
@@ -72,8 +73,8 @@ class FusedOps:
                 self.groups[key].append(fac)
                 self.alphas[key].append(alpha)
         else:
-            self.groups["f"].append(factors)
-            self.alphas["f"].append(alpha)
+            self._gf.append(factors)  # the lists are cleared in place by reset(), never replaced
+            self._af.append(alpha)
         return g
 
     def dp(self, j, q, alpha=1.0, base=None):
@@ -145,9 +146,8 @@ def _flatten_tapes(tapes: list[tuple]) -> tuple[list[Tensor], tuple[int, ...]]:
     return [t for tape in tapes for item in tape for t in (item if isinstance(item, tuple) else (item,))], widths
 
 
-def _tape(flat: list[Tensor], widths: tuple[int, ...], k: int) -> tuple:
-    """Tape k from the flat list."""
-    stride = sum(max(w, 1) for w in widths)
+def _tape(flat: list[Tensor], widths: tuple[int, ...], k: int, stride: int) -> tuple:
+    """Tape k from the flat list (``stride`` tensors per tape)."""
     chunk = flat[k * stride : (k + 1) * stride]
     if not any(widths):
         return tuple(chunk)
@@ -245,6 +245,8 @@ class FusedFlow(torch.autograd.Function):
             state = _split(net, out) if ctx.reversible else None
             acc: dict[str, Tensor] = {}
             chunk, upper = None, net.n_layers  # layers [j, upper) recorded and not yet flushed
+            widths = ctx.tape_widths
+            stride = sum(max(w, 1) for w in widths)
             k = net.n_layers * net.substeps
             for j in reversed(range(net.n_layers)):
                 for _ in range(net.substeps):
@@ -253,7 +255,7 @@ class FusedFlow(torch.autograd.Function):
                         state = step.fused_inverse(ops, j, state, dt)
                         tape = step.fused_step(ops, j, state, dt)[1]
                     else:
-                        tape = _tape(flat, ctx.tape_widths, k)
+                        tape = _tape(flat, widths, k, stride)
                     g = step.fused_vjp(ops, j, tape, g, dt)
                 if chunk is None:  # every layer records the same: size the batches once
                     chunk = max(1, FACTOR_BUDGET_BYTES // max(1, ops.recorded_bytes()))

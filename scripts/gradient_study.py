@@ -1,0 +1,184 @@
+"""L4DC's gradient study: do backward sensitivities vanish during training?
+
+    python scripts/gradient_study.py --out outputs/gradient_study
+
+Double moons (PAPER §5), Adam lr 0.05, batch 125, 960 iterations (30 epochs of 4000 points), α = 5e-4,
+logistic head with weight decay 1e-4. Models: 64-layer H1_J1 with time-varying weights, 64-layer H1_J1
+with time-invariant weights (forward Euler, h = 0.05, T = 3.2; N(0, 1) weights), 64-layer H2 (symplectic
+Euler), and a 32-layer plain tanh MLP (y_{j+1} = tanh(W_j y_j + b_j), N(0, 1) weights). Every 20
+iterations: ‖∂y_N/∂y_ℓ‖₂ (mean over a fixed probe batch) for ℓ = 1, 11, ..., 61 (ℓ = 1, 11, 21, 31 for the
+MLP). Writes a log-scale plot with the line at 1, the curves as CSV, and the test accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import markdown_table, out_dir, start, write_csv
+
+from hamode.data.toy2d import make_dataset, train_test_split
+from hamode.diagnostics import backward_sensitivity, sensitivity_norms
+from hamode.models import Toy2DClassifier
+
+
+class PlainMLP(nn.Module):
+    """The baseline: zero-padded input, ``depth`` tanh layers of width ``dim``, logistic head."""
+
+    def __init__(self, dim: int = 4, depth: int = 32) -> None:
+        super().__init__()
+        self.dim = dim
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(depth))
+        for layer in self.layers:
+            nn.init.normal_(layer.weight)
+            nn.init.normal_(layer.bias)
+        self.head = nn.Linear(dim, 1)
+
+    def embed(self, x):
+        return F.pad(x, (0, self.dim - x.shape[-1]))
+
+    def run(self, y, tap=None):
+        if tap is not None:
+            y = tap(0, y)
+        for j, layer in enumerate(self.layers):
+            y = torch.tanh(layer(y))
+            if tap is not None:
+                y = tap(j + 1, y)
+        return y
+
+    def forward(self, x):
+        return self.head(self.run(self.embed(x))).squeeze(-1)
+
+    def regularization(self, alpha):
+        return self.head.weight.new_zeros(())
+
+
+def mlp_sensitivity(model: PlainMLP, y0, layers):
+    taps = {}
+
+    def tap(j, y):
+        if j in layers:
+            e = torch.zeros_like(y, requires_grad=True)
+            taps[j] = e
+            return y + e
+        return y
+
+    yN = model.run(y0.detach(), tap)
+    rows = []
+    for i in range(yN.shape[-1]):
+        grads = torch.autograd.grad(yN[..., i].sum(), [taps[j] for j in layers], retain_graph=True)
+        rows.append(torch.stack(grads))
+    return torch.stack(rows, dim=-2)
+
+
+def build(name: str):
+    if name == "mlp32":
+        return PlainMLP(4, 32), [1, 11, 21, 31]
+    common = dict(dim=4, n_layers=64, h=0.05, init="normal")
+    if name == "h1_time_varying":
+        return Toy2DClassifier("H1_J1", integrator="euler", **common), list(range(1, 64, 10))
+    if name == "h1_time_invariant":
+        return Toy2DClassifier("H1_J1", integrator="euler", weights="constant", **common), list(range(1, 64, 10))
+    return Toy2DClassifier("H2", integrator="symplectic_euler", **common), list(range(1, 64, 10))
+
+
+def run(name: str, data, iterations: int, every: int, seed: int):
+    (xtr, ytr), (xte, yte) = data
+    torch.manual_seed(seed)
+    model, layers = build(name)
+    opt = torch.optim.Adam(
+        [
+            {"params": [p for n, p in model.named_parameters() if not n.startswith("head")]},
+            {"params": model.head.parameters(), "weight_decay": 1e-4},
+        ],
+        lr=0.05,
+    )
+    probe = xtr[:64]
+    curve = []
+    g = torch.Generator().manual_seed(seed)
+    it = 0
+    while it < iterations:
+        perm = torch.randperm(len(xtr), generator=g)
+        for k in range(0, len(xtr) - 124, 125):
+            if it % every == 0 or it == iterations - 1:
+                y0 = model.embed(probe).detach()
+                if name == "mlp32":
+                    S = mlp_sensitivity(model, y0, layers)
+                else:
+                    S = backward_sensitivity(model.net, y0, layers)
+                curve.append([it, *sensitivity_norms(S)["norm_mean"].tolist()])
+            idx = perm[k : k + 125]
+            loss = F.binary_cross_entropy_with_logits(model(xtr[idx]), ytr[idx].float())
+            loss = loss + model.regularization(5e-4)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            it += 1
+            if it >= iterations:
+                break
+    with torch.no_grad():
+        acc = ((model(xte) > 0).long() == yte).float().mean().item() * 100
+    return layers, curve, acc
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="outputs/gradient_study")
+    parser.add_argument("--iterations", type=int, default=960)
+    parser.add_argument("--every", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    start(args.out)
+    out = out_dir(args.out)
+    x, y = make_dataset("double_moons", 8000, seed=args.seed)
+    data = train_test_split(x, y, seed=args.seed)
+    names = ["h1_time_varying", "h1_time_invariant", "h2", "mlp32"]
+    results = {}
+    for name in names:
+        layers, curve, acc = run(name, data, args.iterations, args.every, args.seed)
+        results[name] = (layers, curve, acc)
+        write_csv(out / f"{name}.csv", ["iteration", *[f"l={ell}" for ell in layers]], curve)
+        flat = [v for row in curve for v in row[1:]]
+        print(f"{name}: test acc {acc:.1f}%, ‖∂y_N/∂y_l‖ in [{min(flat):.3g}, {max(flat):.3g}]", flush=True)
+    rows = []
+    for name in names:
+        layers, curve, acc = results[name]
+        flat = [v for row in curve for v in row[1:]]
+        rows.append([name, acc, min(flat), max(flat), min(curve[-1][1:])])
+    headers = ["model", "test acc %", "min ‖∂y_N/∂y_l‖ over training", "max", "min at the end"]
+    report = markdown_table(headers, rows)
+    (out / "gradient_study.md").write_text(report + "\n")
+    print(report)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), sharey=True)
+    for ax, name in zip(axes, names):
+        layers, curve, acc = results[name]
+        its = [row[0] for row in curve]
+        for i, ell in enumerate(layers):
+            ax.plot(its, [row[1 + i] for row in curve], label=f"ℓ={ell}")
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        ax.set_title(f"{name} (test {acc:.1f}%)")
+        ax.set_xlabel("iteration")
+    axes[0].set_ylabel("‖∂y_N/∂y_ℓ‖₂ (probe mean)")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "gradient_study.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
