@@ -32,6 +32,9 @@ __all__ = ["FACTOR_BUDGET_BYTES", "FusedFlow", "FusedOps", "fused_applies", "fus
 FACTOR_BUDGET_BYTES = 32 * 2**20
 """The backward forms parameter gradients in batches of layers whose recorded factors fit in this
 many bytes, so the reversible mode's memory stays flat in depth (and backprop's adds at most this)."""
+LARGE_ROWS = 2048
+"""From this many rows (samples x leading dims) per evaluation, batching layers saves no per-op overhead
+and stacking would only copy: gradients are then formed one layer at a time, from views."""
 
 
 class FusedOps:
@@ -98,31 +101,31 @@ class FusedOps:
     def recorded_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for facs in self.groups.values() for f in facs for t in f)
 
-    def stacked_groups(self, n_nodes: int) -> dict[str, tuple]:
-        """The recorded factors as ``(nodes, evaluations_per_node * B, ·)`` tensors (nodes ascending), plus
-        the evaluations' alphas: a float when they are all equal, else a ``(nodes, evals * B, 1)`` tensor.
+    def slots(self, n_nodes: int):
+        """Yield ``(name, factors, a)``: the s-th evaluation of each node's half-field ``name``, stacked
+        over nodes as ``(nodes, B, ·)`` (a view, no copy, when there is one node), and its alphas (a
+        float when equal across nodes, else ``(nodes, 1, 1)``).
 
-        The backward walked the layers in reverse, each layer's evaluations contiguous, and
-        every layer makes the same number of evaluations of each half-field.
+        The backward walked the layers in reverse with each layer's evaluations contiguous, and every
+        layer makes the same evaluations, so after reversing, evaluation s of every node sits at s::k.
         """
-        out = {}
         for name, facs in self.groups.items():
             if not facs:
                 continue
             facs, alphas = facs[::-1], self.alphas[name][::-1]
-            stacked = tuple(
-                torch.stack([f[k] for f in facs]).reshape(n_nodes, -1, facs[0][k].shape[-1])
-                for k in range(len(facs[0]))
-            )
-            if all(a == alphas[0] for a in alphas):
-                a = alphas[0]
-            else:
-                rows = facs[0][0].shape[0]
-                ref = stacked[0]
-                a = torch.tensor(alphas, dtype=ref.dtype, device=ref.device).repeat_interleave(rows)
-                a = a.reshape(n_nodes, -1, 1)
-            out[name] = (*stacked, a)
-        return out
+            k = len(facs) // n_nodes
+            for s in range(k):
+                sel, al = facs[s::k], alphas[s::k]
+                if n_nodes == 1:
+                    factors = tuple(t.unsqueeze(0) for t in sel[0])
+                else:
+                    factors = tuple(torch.stack([f[c] for f in sel]) for c in range(len(sel[0])))
+                if all(x == al[0] for x in al):
+                    a = float(al[0])
+                else:
+                    ref = factors[0]
+                    a = torch.tensor(al, dtype=ref.dtype, device=ref.device).reshape(n_nodes, 1, 1)
+                yield name, factors, a
 
 
 def fused_applies(net: "HamiltonianNet", reversible: bool = False) -> bool:
@@ -170,15 +173,15 @@ def _flush(field, ops: FusedOps, fw, table, acc: dict[str, Tensor], lo: int, hi:
         n0, n1 = lo, hi
     shared = field.fused_shared_keys
     fw_nodes = {key: (v if key in shared else v[n0:n1]) for key, v in fw.items()}
-    grads = field.fused_param_grads(fw_nodes, table, ops.stacked_groups(n1 - n0))
+    for name, factors, a in ops.slots(n1 - n0):
+        for key, gk in field.fused_group_grads(name, fw_nodes, table, factors, a).items():
+            if key in shared:
+                acc[key] = acc[key] + gk if key in acc else gk
+            else:
+                if key not in acc:
+                    acc[key] = gk.new_zeros(table[key].shape)
+                acc[key][n0:n1] += gk
     ops.reset()
-    for key, gk in grads.items():
-        if key in shared:
-            acc[key] = acc[key] + gk if key in acc else gk
-        else:
-            if key not in acc:
-                acc[key] = gk.new_zeros(table[key].shape)
-            acc[key][n0:n1] += gk
 
 
 def _split(net, y: Tensor):
@@ -258,7 +261,8 @@ class FusedFlow(torch.autograd.Function):
                         tape = _tape(flat, widths, k, stride)
                     g = step.fused_vjp(ops, j, tape, g, dt)
                 if chunk is None:  # every layer records the same: size the batches once
-                    chunk = max(1, FACTOR_BUDGET_BYTES // max(1, ops.recorded_bytes()))
+                    rows = out.shape[0]
+                    chunk = 1 if rows >= LARGE_ROWS else max(1, FACTOR_BUDGET_BYTES // max(1, ops.recorded_bytes()))
                 if upper - j >= chunk or j == 0:
                     _flush(field, ops, fw, table, acc, j, upper)
                     upper = j

@@ -220,9 +220,9 @@ class Field(nn.Module):
     #                   _f_vjp(w, y, ctx, c, alpha, base) -> (base + alpha (∂f/∂y)ᵀ c, factors)
     #       (factors unscaled: the engine applies each evaluation's alpha when it stacks them)
     #   separable:      _dp_eval/_dp_vjp on q and _dq_eval/_dq_vjp on p, same signatures
-    #   fused_param_grads(fw, table, groups) -> {table key: gradient}, from the stacked factors
-    #       groups[name] = (*factors, a): factors stacked as (nodes, evals_per_node * B, ·), name in ("f",)
-    #       or ("dp", "dq"), and a the evaluations' alphas (a float, or (nodes, evals_per_node * B, 1))
+    #   fused_group_grads(name, fw, table, factors, a) -> {table key: gradient} for one half-field
+    #       name in ("f",) or ("dp", "dq"); factors stacked over nodes as (nodes, B, ·), one evaluation
+    #       per node; a the evaluations' alphas: a float, or a (nodes, 1, 1) tensor
     # ``supports_fused`` says whether all of it is there.
     supports_fused: ClassVar[bool] = False
     fused_shared_keys: ClassVar[tuple[str, ...]] = ("J", "X")
@@ -250,6 +250,18 @@ def mm_out(a: Tensor, B: Tensor, alpha: float, base: Tensor | None) -> Tensor:
 def affine_act(act, x: Tensor, Wt: Tensor, b: Tensor) -> Tensor:
     """``σ(x Wt + b)`` with the bias and σ applied in place on the product (fused engine)."""
     return act.sigma_(torch.mm(x, Wt).add_(b))
+
+
+def wdot(A: Tensor, B: Tensor, a) -> Tensor:
+    """``a * Aᵀ B`` per node (``(nodes, rows, m)``, ``(nodes, rows, n)`` -> ``(nodes, m, n)``); the scale is
+    applied to the small result, never to the factors."""
+    return torch.bmm(A.mT, B).mul_(a)
+
+
+def wsum(A: Tensor, a) -> Tensor:
+    """``a * Σ_rows A`` per node (``(nodes, rows, m)`` -> ``(nodes, m)``)."""
+    out = A.sum(1)
+    return out.mul_(a if isinstance(a, float) else a[:, :, 0])
 
 
 def axpy(base: Tensor | None, s: Tensor, alpha: float) -> Tensor:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..activations import Activation
 from ..architectures import register_architecture
-from .base import Field, _check_int, mm_out
+from .base import Field, _check_int, mm_out, wdot, wsum
 from .structure import check_skew, j1, j2
 
 __all__ = ["H1Field"]
@@ -105,11 +105,10 @@ class H1Field(Field):
         gz = self.activation.backprop_through_output(torch.mm(c, w["KJt"]), s)
         return mm_out(gz, w["K"], alpha, base), (s, c, gz, y)
 
-    def fused_param_grads(self, fw, table, groups):
-        S, C, GZ, Y, a = groups["f"]
-        C, GZ = C * a, GZ * a
-        dKJ = torch.bmm(S.mT, C)  # ∂L/∂(K Jᵀ)
-        grads = {"K": torch.baddbmm(torch.matmul(dKJ, fw["J"]), GZ.mT, Y), "b": GZ.sum(1)}
+    def fused_group_grads(self, name, fw, table, factors, a):
+        S, C, GZ, Y = factors
+        dKJ = wdot(S, C, a)  # ∂L/∂(K Jᵀ)
+        grads = {"K": wdot(GZ, Y, a).add_(torch.matmul(dKJ, fw["J"])), "b": wsum(GZ, a)}
         if table["J"].requires_grad:
             grads["J"] = torch.matmul(dKJ.mT, fw["K"]).sum(0)
         return grads

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..activations import Activation
 from ..architectures import register_architecture
-from .base import Field, SeparableMixin, affine_act, axpy, mm_out
+from .base import Field, SeparableMixin, affine_act, axpy, mm_out, wdot, wsum
 
 __all__ = ["MS1Field", "MS2Field"]
 
@@ -93,11 +93,11 @@ class MS1Field(SeparableMixin, Field):
         gz = self.activation.backprop_through_output(c.clone(), s)  # c belongs to the caller
         return mm_out(gz, w["K0"], alpha, base), (gz, p)
 
-    def fused_param_grads(self, fw, table, groups):
-        GZq, Q, aq = groups["dp"]
-        GZp, P, ap = groups["dq"]
-        GZq, GZp = GZq * (-aq), GZp * ap
-        return {"K0": torch.baddbmm(torch.bmm(Q.mT, GZq), GZp.mT, P), "b1": GZq.sum(1), "b2": GZp.sum(1)}
+    def fused_group_grads(self, name, fw, table, factors, a):
+        GZ, V = factors
+        if name == "dp":  # dz/dt = -σ(y K0 + b1): the factor gz is for +σ
+            return {"K0": wdot(V, GZ, a).neg_(), "b1": wsum(GZ, a).neg_()}
+        return {"K0": wdot(GZ, V, a), "b2": wsum(GZ, a)}
 
     def _lipschitz(self, w: dict[str, Tensor]) -> dict[str, Tensor]:
         L = self.activation.slope_bound * torch.linalg.matrix_norm(w["K0"], 2)
@@ -177,10 +177,9 @@ class MS2Field(Field):
         gz = self.activation.backprop_through_output(c.clone(), s)  # c belongs to the caller
         return mm_out(gz, w["K"], alpha, base), (gz, y)
 
-    def fused_param_grads(self, fw, table, groups):
-        GZ, Y, a = groups["f"]
-        GZ = GZ * a
-        return {"K": torch.bmm(GZ.mT, Y), "b": GZ.sum(1)}
+    def fused_group_grads(self, name, fw, table, factors, a):
+        GZ, Y = factors
+        return {"K": wdot(GZ, Y, a), "b": wsum(GZ, a)}
 
     def _lipschitz(self, w: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"full": self.activation.slope_bound * torch.linalg.matrix_norm(w["K"], 2)}

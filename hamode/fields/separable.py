@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..activations import Activation
 from ..architectures import register_architecture
-from .base import Field, SeparableMixin, _check_int, affine_act, mm_out
+from .base import Field, SeparableMixin, _check_int, affine_act, mm_out, wdot, wsum
 
 __all__ = ["MS3Field", "SeparableField", "SparseSeparableField"]
 
@@ -148,20 +148,18 @@ class SeparableField(SeparableMixin, Field):
     def _dq_vjp(self, w, p, s, c, alpha=1.0, base=None):
         return self._half_vjp(w["Kp"], w["KpXt"], p, s, c, alpha, base)
 
-    def fused_param_grads(self, fw, table, groups):
-        Sq, Cq, GZq, Q, aq = groups["dp"]
-        Sp, Cp, GZp, P, ap = groups["dq"]
-        Cq, GZq, Cp, GZp = Cq * aq, GZq * aq, Cp * ap, GZp * ap
+    def fused_group_grads(self, name, fw, table, factors, a):
+        S, C, GZ, V = factors
         X = fw["X"]
-        dKqX, dKpX = torch.bmm(Sq.mT, Cq), torch.bmm(Sp.mT, Cp)
-        grads = {
-            "Kq": torch.baddbmm(-torch.matmul(dKqX, X.mT), GZq.mT, Q),
-            "bq": GZq.sum(1),
-            "Kp": torch.baddbmm(torch.matmul(dKpX, X), GZp.mT, P),
-            "bp": GZp.sum(1),
-        }
-        if table["X"].requires_grad:
-            grads["X"] = (torch.matmul(dKpX.mT, fw["Kp"]) - torch.matmul(fw["Kq"].mT, dKqX)).sum(0)
+        dKX = wdot(S, C, a)
+        if name == "dp":  # K_q X' = -K_q X
+            grads = {"Kq": wdot(GZ, V, a).sub_(torch.matmul(dKX, X.mT)), "bq": wsum(GZ, a)}
+            if table["X"].requires_grad:
+                grads["X"] = -torch.matmul(fw["Kq"].mT, dKX).sum(0)
+        else:  # K_p X' = K_p Xᵀ
+            grads = {"Kp": wdot(GZ, V, a).add_(torch.matmul(dKX, X)), "bp": wsum(GZ, a)}
+            if table["X"].requires_grad:
+                grads["X"] = torch.matmul(dKX.mT, fw["Kp"]).sum(0)
         return grads
 
     def _lipschitz(self, w: dict[str, Tensor]) -> dict[str, Tensor]:
