@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
-def start(default_out: str, argv: Sequence[str] | None = None) -> None:
+def start(argv: Sequence[str] | None = None) -> None:
     """Print the exact command that is running (the scripts' convention)."""
     argv = sys.argv if argv is None else argv
     print("$ python " + " ".join(shlex.quote(a) for a in argv), flush=True)

@@ -65,7 +65,7 @@ def main(argv=None) -> None:
         setting, depth, gradient = args.child
         print(json.dumps(measure(setting, int(depth), gradient)))
         return
-    start(args.out)
+    start()
     out = out_dir(args.out)
     rows = []
     for setting in SETTINGS:

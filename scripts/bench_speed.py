@@ -216,7 +216,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-epoch", action="store_true", help="skip the MNIST training-epoch timing")
     parser.add_argument("--data-dir", default="data")
     args = parser.parse_args(argv)
-    start(args.out)
+    start()
     out = out_dir(args.out)
     depths = [16, 256] if args.quick else [16, 64, 256, 1024]
     dims = [4] if args.quick else [4, 8]

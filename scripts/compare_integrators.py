@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--integrators", nargs="+", default=INTEGRATORS)
     args = parser.parse_args(argv)
-    start(args.out)
+    start()
     out = out_dir(args.out)
     rows, models = [], {}
     for name in args.integrators:

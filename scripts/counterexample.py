@@ -44,7 +44,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="outputs/counterexample")
     parser.add_argument("--epsilon", type=float, default=1.0)
     args = parser.parse_args(argv)
-    start(args.out)
+    start()
     out = out_dir(args.out)
     net = counterexample_net(args.epsilon)
     y0 = torch.tensor([[0.33627683, -0.48627683]], dtype=torch.float64)

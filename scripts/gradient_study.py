@@ -136,7 +136,7 @@ def main(argv=None) -> None:
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    start(args.out)
+    start()
     out = out_dir(args.out)
     x, y = make_dataset("double_moons", 8000, seed=args.seed)
     data = train_test_split(x, y, seed=args.seed)
