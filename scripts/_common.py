@@ -52,3 +52,42 @@ def write_csv(path: Path, headers: Sequence[str], rows: Sequence[Sequence[object
         w = csv.writer(f)
         w.writerow(headers)
         w.writerows(rows)
+
+
+def train_toy2d(
+    model,
+    xtr,
+    ytr,
+    iterations: int,
+    seed: int,
+    lr: float = 0.05,
+    alpha: float = 5e-4,
+    head_weight_decay: float = 1e-4,
+    before_step: Callable[[int], object] | None = None,
+) -> float:
+    """The papers' 2-D training: Adam (weight decay on the head only), batch 125, logistic loss plus the
+    model's smoothness regulariser; ``before_step(iteration)`` runs before every step. Returns seconds."""
+    import torch
+    import torch.nn.functional as F
+
+    body = [p for n, p in model.named_parameters() if not n.startswith("head")]
+    opt = torch.optim.Adam(
+        [{"params": body}, {"params": model.head.parameters(), "weight_decay": head_weight_decay}], lr=lr
+    )
+    g = torch.Generator().manual_seed(seed)
+    it = 0
+    t = time.perf_counter()
+    while it < iterations:
+        perm = torch.randperm(len(xtr), generator=g)
+        for k in range(0, len(xtr) - 124, 125):
+            if before_step is not None:
+                before_step(it)
+            idx = perm[k : k + 125]
+            loss = F.binary_cross_entropy_with_logits(model(xtr[idx]), ytr[idx].float()) + model.regularization(alpha)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            it += 1
+            if it >= iterations:
+                break
+    return time.perf_counter() - t

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, out_dir, start, write_csv
+from _common import markdown_table, out_dir, start, train_toy2d, write_csv
 
 from hamode.data.toy2d import make_dataset, train_test_split
 from hamode.diagnostics import backward_sensitivity, sensitivity_norms, symplecticity_defect
@@ -33,23 +31,9 @@ from hamode.models import Toy2DClassifier
 INTEGRATORS = ["euler", "midpoint", "rk4", "symplectic_euler", "leapfrog", "yoshida4", "torchdiffeq:dopri5"]
 
 
-def train(model, data, epochs: int, seed: int, lr: float = 0.05) -> float:
+def train(model, data, epochs: int, seed: int) -> float:
     (xtr, ytr), _ = data
-    opt = torch.optim.Adam(
-        [{"params": model.net.parameters()}, {"params": model.head.parameters(), "weight_decay": 1e-4}], lr=lr
-    )
-    g = torch.Generator().manual_seed(seed)
-    t = time.perf_counter()
-    for _ in range(epochs):
-        perm = torch.randperm(len(xtr), generator=g)
-        for k in range(0, len(xtr) - 124, 125):
-            idx = perm[k : k + 125]
-            loss = F.binary_cross_entropy_with_logits(model(xtr[idx]), ytr[idx].float())
-            loss = loss + model.regularization(5e-4)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return time.perf_counter() - t
+    return train_toy2d(model, xtr, ytr, epochs * (len(xtr) // 125), seed)
 
 
 @torch.no_grad()

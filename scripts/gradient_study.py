@@ -23,7 +23,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, out_dir, start, write_csv
+from _common import markdown_table, out_dir, start, train_toy2d, write_csv
 
 from hamode.data.toy2d import make_dataset, train_test_split
 from hamode.diagnostics import backward_sensitivity, sensitivity_norms
@@ -94,36 +94,16 @@ def run(name: str, data, iterations: int, every: int, seed: int):
     (xtr, ytr), (xte, yte) = data
     torch.manual_seed(seed)
     model, layers = build(name)
-    opt = torch.optim.Adam(
-        [
-            {"params": [p for n, p in model.named_parameters() if not n.startswith("head")]},
-            {"params": model.head.parameters(), "weight_decay": 1e-4},
-        ],
-        lr=0.05,
-    )
     probe = xtr[:64]
     curve = []
-    g = torch.Generator().manual_seed(seed)
-    it = 0
-    while it < iterations:
-        perm = torch.randperm(len(xtr), generator=g)
-        for k in range(0, len(xtr) - 124, 125):
-            if it % every == 0 or it == iterations - 1:
-                y0 = model.embed(probe).detach()
-                if name == "mlp32":
-                    S = mlp_sensitivity(model, y0, layers)
-                else:
-                    S = backward_sensitivity(model.net, y0, layers)
-                curve.append([it, *sensitivity_norms(S)["norm_mean"].tolist()])
-            idx = perm[k : k + 125]
-            loss = F.binary_cross_entropy_with_logits(model(xtr[idx]), ytr[idx].float())
-            loss = loss + model.regularization(5e-4)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            it += 1
-            if it >= iterations:
-                break
+
+    def record(it: int) -> None:
+        if it % every == 0 or it == iterations - 1:
+            y0 = model.embed(probe).detach()
+            S = mlp_sensitivity(model, y0, layers) if name == "mlp32" else backward_sensitivity(model.net, y0, layers)
+            curve.append([it, *sensitivity_norms(S)["norm_mean"].tolist()])
+
+    train_toy2d(model, xtr, ytr, iterations, seed, before_step=record)
     with torch.no_grad():
         acc = ((model(xte) > 0).long() == yte).float().mean().item() * 100
     return layers, curve, acc
