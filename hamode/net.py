@@ -189,17 +189,16 @@ class HamiltonianNet(nn.Module):
                 y = self.continuous_solver.solve_layer(self, j, y)
                 y = at_boundary(j + 1, y)
             return y
-        table = self.field.weight_table()
-        dt = self.grid.h / self.substeps
-        for j in range(self.n_layers):
-            f = self.field.layer(j, table)
-            t0 = self.grid.start(j)
-            for s in range(self.substeps):
-                y = self.integrator.step(f, t0 + s * dt, y, dt)
-            y = at_boundary(j + 1, y)
-        return y
+        return self._flow(y, self.field.weight_table(), at_boundary=at_boundary)
 
-    def _flow(self, y: Tensor, table: dict[str, Tensor], record: Callable[[Tensor], Any] | None = None) -> Tensor:
+    def _flow(
+        self,
+        y: Tensor,
+        table: dict[str, Tensor],
+        record: Callable[[Tensor], Any] | None = None,
+        at_boundary: Callable[[int, Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """The hamode-integrator loop: ``record(y)`` after every step, ``y = at_boundary(j + 1, y)`` after layer j."""
         step = self.integrator.step
         dt = self.grid.h / self.substeps
         for j in range(self.n_layers):
@@ -209,6 +208,8 @@ class HamiltonianNet(nn.Module):
                 y = step(f, t0 + s * dt, y, dt)
                 if record is not None:
                     record(y)
+            if at_boundary is not None:
+                y = at_boundary(j + 1, y)
         return y
 
     def function_evaluations(self) -> float:
