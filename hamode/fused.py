@@ -19,6 +19,7 @@ autograd reference (``fast=False``) elsewhere (linear weights, torchdiffeq, auto
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
@@ -29,12 +30,38 @@ if TYPE_CHECKING:
 
 __all__ = ["FACTOR_BUDGET_BYTES", "FusedFlow", "FusedOps", "fused_applies", "fused_forward", "reconstruct"]
 
-FACTOR_BUDGET_BYTES = 32 * 2**20
+FACTOR_BUDGET_BYTES = 2**20
 """The backward forms parameter gradients in batches of layers whose recorded factors fit in this
 many bytes, so the reversible mode's memory stays flat in depth (and backprop's adds at most this)."""
 LARGE_ROWS = 2048
 """From this many rows (samples x leading dims) per evaluation, batching layers saves no per-op overhead
 and stacking would only copy: gradients are then formed one layer at a time, from views."""
+
+
+_VIEWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _node_weights(field, fw: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+    """One dict of weights per node, each entry a view into a buffer kept per field across passes.
+
+    Making a view costs about a microsecond, as much as a small layer's products, so the views are
+    made once per field (and dtype, device and shapes) and each pass copies its weights into the
+    buffers, one copy per key. A pass's views thus hold the weights of the latest pass; the weights can
+    only differ between two passes if a parameter changed in place, which the backward refuses.
+    """
+    sig = tuple((k, v.shape, v.dtype, v.device) for k, v in fw.items())
+    entry = _VIEWS.get(field)
+    if entry is None or entry[0] != sig:
+        shared = field.fused_shared_keys
+        bufs = {k: torch.empty(v.shape, dtype=v.dtype, device=v.device) for k, v in fw.items()}
+        per_node = {k: v.unbind(0) for k, v in bufs.items() if k not in shared}
+        common = {k: v for k, v in bufs.items() if k in shared}
+        nodes = [{**common, **{k: v[i] for k, v in per_node.items()}} for i in range(field.n_nodes)]
+        entry = (sig, bufs, nodes)
+        _VIEWS[field] = entry
+    for k, buf in entry[1].items():
+        buf.copy_(fw[k])
+    return entry[2]
 
 
 class FusedOps:
@@ -50,10 +77,7 @@ class FusedOps:
 
     def __init__(self, field, fw: dict[str, Tensor]) -> None:
         self.field, self.fw = field, fw
-        n = field.n_nodes
-        stacked = {k: v.unbind(0) for k, v in fw.items() if k not in field.fused_shared_keys}
-        shared = {k: v for k, v in fw.items() if k in field.fused_shared_keys}
-        nodes = [{**shared, **{k: v[i] for k, v in stacked.items()}} for i in range(n)]
+        nodes = _node_weights(field, fw)
         self.w = nodes * field.n_layers if field.weights == "constant" else nodes
         self.groups: dict[str, list] = {"f": [], "dp": [], "dq": []}
         self.alphas: dict[str, list[float]] = {"f": [], "dp": [], "dq": []}

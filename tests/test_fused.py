@@ -181,3 +181,34 @@ def test_parameter_gradients_formed_in_small_batches(kind, name, weights, monkey
     _, reference = _run(field, name, y0, fast=False)
     _assert_close(whole, chunked, 1e-12)
     _assert_close(reference, chunked, 1e-10)
+
+
+@pytest.mark.parametrize("kind", ["H1_learnJ", "H2", "MS2"])
+def test_weights_follow_updates_dtype_and_repeated_passes(kind):
+    """The per-layer weight views are kept across passes: every pass must still see its current weights."""
+    field = make(kind, 5)
+    y0 = torch.randn(4, 8, dtype=F64)
+    name = "leapfrog" if field.separable else "rk4"
+    for _ in range(2):  # an optimiser step between passes
+        out, grads = _run(field, name, y0, fast=True)
+        ref_out, ref_grads = _run(field, name, y0, fast=False)
+        _assert_close([out], [ref_out], 1e-12)
+        _assert_close(grads, ref_grads, 1e-10)
+        with torch.no_grad():
+            for p in field.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    # two forwards, one backward through both: each pass's backward uses its own (equal) weights
+    net = hamode.HamiltonianNet(field, 0.5, name, fast=True)
+    y = y0.clone().requires_grad_(True)
+    (net(y).sum() + net(2 * y).sum()).backward()
+    g_fast = y.grad.clone()
+    y.grad = None
+    net.fast = False
+    (net(y).sum() + net(2 * y).sum()).backward()
+    _assert_close([g_fast], [y.grad], 1e-10)
+    # another dtype: fresh buffers
+    field.float()
+    net.fast = True
+    out32 = net(y0.float())
+    net.fast = False
+    assert torch.allclose(out32, net(y0.float()), atol=1e-5)
