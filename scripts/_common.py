@@ -64,9 +64,11 @@ def train_toy2d(
     alpha: float = 5e-4,
     head_weight_decay: float = 1e-4,
     before_step: Callable[[int], object] | None = None,
+    schedule: str = "constant",
 ) -> float:
     """The papers' 2-D training: Adam (weight decay on the head only), batch 125, logistic loss plus the
-    model's smoothness regulariser; ``before_step(iteration)`` runs before every step. Returns seconds."""
+    model's smoothness regulariser; ``before_step(iteration)`` runs before every step. ``schedule``:
+    ``"constant"`` (the papers') or ``"cosine"`` (lr decays to 0 over the iterations). Returns seconds."""
     import torch
     import torch.nn.functional as F
 
@@ -74,6 +76,9 @@ def train_toy2d(
     opt = torch.optim.Adam(
         [{"params": body}, {"params": model.head.parameters(), "weight_decay": head_weight_decay}], lr=lr
     )
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations) if schedule == "cosine" else None
     g = torch.Generator().manual_seed(seed)
     it = 0
     t = time.perf_counter()
@@ -87,6 +92,8 @@ def train_toy2d(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
             it += 1
             if it >= iterations:
                 break

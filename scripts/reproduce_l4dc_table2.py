@@ -1,0 +1,124 @@
+"""L4DC Table 2: MNIST train / test accuracy of MS1, H1_J2 (and TAC's H2) at 0, 2, 4, 8, 16 layers.
+
+    python scripts/reproduce_l4dc_table2.py --out outputs/reproduce_l4dc_table2 --epochs 2
+    python scripts/reproduce_l4dc_table2.py --epochs 15 --architectures H1_J2 --layers 4 8
+
+Each architecture is trained with the Lightning Trainer from its config (configs/mnist_ms1.yaml,
+configs/mnist_h1_j2.yaml: the papers' h, weight decay and α, Adam lr 0.04 × 0.8 per epoch, batch 100;
+configs/mnist_h2.yaml: the default main job's recipe), with `n_layers` and `max_epochs` overridden; 0 layers
+is the papers' conv + linear baseline (one run, the same for every architecture). Train accuracy is on the
+55 000 training images (evaluation mode, after training), test accuracy on the official 10 000. The budget
+is `--epochs` epochs per cell: state it next to the numbers (the papers trained to convergence).
+Results go to <out>/table2.md and .csv (rows are appended as they finish, so a long run can be watched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import markdown_table, out_dir, start, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {"MS1": "configs/mnist_ms1.yaml", "H1_J2": "configs/mnist_h1_j2.yaml", "H2": "configs/mnist_h2.yaml"}
+PUBLISHED = {  # layers: (MS1 train, MS1 test, H1_J2 train, H1_J2 test)
+    0: (93.730, 92.47, 93.828, 92.41),
+    2: (99.570, 97.72, 99.815, 97.83),
+    4: (99.970, 98.03, 99.789, 98.02),
+    8: (99.982, 98.05, 99.707, 98.22),
+    16: (100, 98.14, 99.503, 98.21),
+}
+
+
+@torch.no_grad()
+def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    model.eval()
+    hits = sum((model(x[k : k + batch]).argmax(-1) == y[k : k + batch]).sum().item() for k in range(0, len(x), batch))
+    return 100.0 * hits / len(x)
+
+
+def train_cell(arch: str, layers: int, epochs: int, data_dir: str) -> tuple[float, float, float]:
+    import lightning as L
+
+    from lightning_modules import HDNNClassifier, MNISTDataModule
+
+    cfg = yaml.safe_load((ROOT / CONFIGS[arch]).read_text())
+    L.seed_everything(cfg.get("seed_everything", 0), verbose=False)
+    model_kw = {**cfg["model"], "n_layers": layers}
+    data_kw = {**cfg["data"]["init_args"], "data_dir": data_dir}
+    model = HDNNClassifier(**model_kw)
+    dm = MNISTDataModule(**data_kw)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    t = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    seconds = time.perf_counter() - t
+    dm.setup("test")
+    return accuracy(model, *dm.train_set), accuracy(model, *dm.test_set), seconds
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="outputs/reproduce_l4dc_table2")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--architectures", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--layers", nargs="+", type=int, default=list(PUBLISHED))
+    args = parser.parse_args(argv)
+    if any(n not in PUBLISHED for n in args.layers):
+        parser.error(f"--layers must be among {list(PUBLISHED)}, got {args.layers}")
+    start()
+    out = out_dir(args.out)
+    headers = ["layers"]
+    for arch in args.architectures:
+        headers += [f"{arch} train", f"{arch} test"] + (["L4DC train", "L4DC test"] if arch != "H2" else [])
+    headers.append("train s (per architecture)")
+    rows, baseline = [], None
+    for layers in args.layers:
+        row, secs = [layers], []
+        for arch in args.architectures:
+            if layers == 0 and baseline is not None:
+                tr, te, s = baseline
+            else:
+                tr, te, s = train_cell(arch, layers, args.epochs, args.data_dir)
+                if layers == 0:
+                    baseline = (tr, te, s)
+            row += [round(tr, 2), round(te, 2)]
+            if arch != "H2":
+                i = 0 if arch == "MS1" else 2
+                row += [PUBLISHED[layers][i], PUBLISHED[layers][i + 1]]
+            secs.append(f"{s:.0f}")
+            print(f"{arch} {layers} layers: train {tr:.2f} test {te:.2f} ({s:.0f} s)", flush=True)
+        rows.append([*row, " / ".join(secs)])
+        text = (
+            f"{args.epochs} epochs per cell (Lightning Trainer, {torch.get_num_threads()} threads); configs: "
+            + ", ".join(f"{a}: {CONFIGS[a]}" for a in args.architectures)
+            + "\n\n"
+            + markdown_table(headers, rows)
+            + "\n"
+        )
+        tmp = out / "table2.md.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / "table2.md")
+        write_csv(out / "table2.csv", headers, rows)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
