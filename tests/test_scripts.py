@@ -81,3 +81,14 @@ def test_table2_one_cell(tmp_path):
     rows = read_csv(tmp_path / "table2.csv")
     assert [r[0] for r in rows[1:]] == ["0", "2"]
     assert float(rows[1][2]) > 85  # conv + linear after one epoch
+
+
+def test_compare_integrators(tmp_path):
+    script = load("compare_integrators")
+    args = ["--out", str(tmp_path), "--layers", "2", "--epochs", "1", "--seeds", "1"]
+    script.main(args + ["--integrators", "euler", "symplectic_euler"])
+    rows = read_csv(tmp_path / "compare_integrators.csv")
+    by_name = {r[0]: r for r in rows[1:]}
+    assert float(by_name["euler"][4]) == 2 and float(by_name["symplectic_euler"][4]) == 2  # evals per forward
+    cross = read_csv(tmp_path / "cross_evaluation.csv")
+    assert float(cross[1][1]) == float(by_name["euler"][2])  # diagonal = own test accuracy
