@@ -92,3 +92,12 @@ def test_compare_integrators(tmp_path):
     assert float(by_name["euler"][4]) == 2 and float(by_name["symplectic_euler"][4]) == 2  # evals per forward
     cross = read_csv(tmp_path / "cross_evaluation.csv")
     assert float(cross[1][1]) == float(by_name["euler"][2])  # diagonal = own test accuracy
+
+
+def test_table1_refuses_to_mix_recipes(tmp_path, capsys):
+    script = load("reproduce_l4dc_table1")
+    args = ["--out", str(tmp_path), "--seeds", "1", "--epochs", "1", "--rows", "double_moons:1"]
+    script.main(args + ["--architectures", "H2"])
+    with pytest.raises(SystemExit):
+        script.main(args + ["--architectures", "H2", "--lr", "0.5"])
+    assert "use another --out" in capsys.readouterr().err
