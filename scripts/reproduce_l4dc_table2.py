@@ -5,7 +5,8 @@
 
 Each architecture is trained with the Lightning Trainer from its config (configs/mnist_ms1.yaml,
 configs/mnist_h1_j2.yaml: the papers' h, weight decay and α, Adam lr 0.04 × 0.8 per epoch, batch 100;
-configs/mnist_h2.yaml: the default main job's recipe), with `n_layers` and `max_epochs` overridden; 0 layers
+configs/mnist_h2.yaml: the default main job's optimiser recipe), with `n_layers` and `max_epochs`
+overridden, and at the papers' size: C = 8 channels and no augmentation for every architecture; 0 layers
 is the papers' conv + linear baseline (one run, the same for every architecture). Train accuracy is on the
 55 000 training images (evaluation mode, after training), test accuracy on the official 10 000. The budget
 is `--epochs` epochs per cell: state it next to the numbers (the papers trained to convergence).
@@ -53,8 +54,8 @@ def train_cell(arch: str, layers: int, epochs: int, data_dir: str) -> tuple[floa
 
     cfg = yaml.safe_load((ROOT / CONFIGS[arch]).read_text())
     L.seed_everything(cfg.get("seed_everything", 0), verbose=False)
-    model_kw = {**cfg["model"], "n_layers": layers}
-    data_kw = {**cfg["data"]["init_args"], "data_dir": data_dir}
+    model_kw = {**cfg["model"], "n_layers": layers, "dim": 8}  # the papers' C = 8 channels
+    data_kw = {**cfg["data"]["init_args"], "data_dir": data_dir, "augment_shift": 0}  # no augmentation
     model = HDNNClassifier(**model_kw)
     dm = MNISTDataModule(**data_kw)
     trainer = L.Trainer(

@@ -274,13 +274,13 @@ def test_ddp_two_processes(tmp_path):
 
 
 def test_in_memory_loader_resumes_with_augmentation():
-    from lightning_modules.data import InMemoryLoader, random_translate
+    from lightning_modules.data import InMemoryLoader, random_shift
 
     x = torch.randn(50, 1, 28, 28)
     y = torch.arange(50)
 
     def make():
-        return InMemoryLoader((x, y), 8, shuffle=True, seed=3, transform=lambda a, g: random_translate(a, 2.0, g, 0.0))
+        return InMemoryLoader((x, y), 8, shuffle=True, seed=3, transform=lambda a, g: random_shift(a, 2, g, 0.0))
 
     loader = make()
     loader.sampler.set_epoch(2)
@@ -302,3 +302,28 @@ def test_in_memory_loader_resumes_with_augmentation():
         assert torch.equal(a, b) and torch.equal(la, lb)
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         InMemoryLoader((x,), 0, shuffle=False)
+
+
+def test_random_shift_moves_whole_pixels():
+    from lightning_modules.data import random_shift
+
+    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.float64).reshape(2, 3, 5, 6) + 1
+    g = torch.Generator().manual_seed(0)
+    out = random_shift(x, 2, g, background=-7.0)
+    assert out.shape == x.shape
+    g = torch.Generator().manual_seed(0)
+    dy, dx = (torch.randint(0, 5, (2, 2), generator=g) - 2).unbind(1)  # the offsets random_shift drew
+    for i in range(2):
+        a, b = int(dy[i]), int(dx[i])
+        pad = torch.nn.functional.pad(x[i], (2, 2, 2, 2), value=-7.0)
+        expect = pad[:, 2 + a : 2 + a + 5, 2 + b : 2 + b + 6]
+        assert torch.equal(out[i], expect)  # every channel shifted by the same whole-pixel offset
+    assert torch.equal(random_shift(x, 0, g, 0.0), x)
+
+
+@pytest.mark.parametrize("bad", [1.5, -1, 14, True])
+def test_mnist_augment_shift_must_be_whole_pixels(tmp_path, bad):
+    from lightning_modules import MNISTDataModule
+
+    with pytest.raises(ValueError, match="augment_shift must be a whole number of pixels"):
+        MNISTDataModule(data_dir=str(tmp_path), augment_shift=bad)
