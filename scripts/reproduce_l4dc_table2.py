@@ -10,9 +10,10 @@ overridden, and at the papers' size: C = 8 channels and no augmentation for ever
 `--schedule onecycle` (default) every architecture keeps its config's h, weight decay and α but trains with
 Adam and a OneCycle schedule at lr 0.01: the papers' lr 0.04 × 0.8 per epoch (`--schedule config`) is far
 from converged after a few epochs (5 epochs: 0 layers 89.6 %, MS1 2 layers 94.6 %, H1_J2 2 layers 90.3 %
-test accuracy). 0 layers is the papers' conv + linear baseline (one run, the same for every architecture). Train accuracy is on the
-55 000 training images (evaluation mode, after training), test accuracy on the official 10 000. The budget
-is `--epochs` epochs per cell: state it next to the numbers (the papers trained to convergence).
+test accuracy). 0 layers is the papers' conv + linear baseline (one run, the same for every
+architecture). Train accuracy is on the 55 000 training images (evaluation mode, after training), test
+accuracy on the official 10 000. The budget is `--epochs` epochs per cell: state it next to the numbers
+(the papers trained to convergence).
 Results go to <out>/table2.md and .csv (rows are appended as they finish, so a long run can be watched).
 """
 
