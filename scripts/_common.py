@@ -54,6 +54,14 @@ def write_csv(path: Path, headers: Sequence[str], rows: Sequence[Sequence[object
         w.writerows(rows)
 
 
+def toy2d_accuracy(model, x, y) -> float:
+    """Test accuracy in % of a logistic-head 2-D classifier."""
+    import torch
+
+    with torch.no_grad():
+        return ((model(x) > 0).long() == y).float().mean().item() * 100
+
+
 def train_toy2d(
     model,
     xtr,

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, out_dir, start, train_toy2d, write_csv
+from _common import markdown_table, out_dir, start, toy2d_accuracy, train_toy2d, write_csv
 
 from hamode.data.toy2d import make_dataset, train_test_split
 from hamode.models import Toy2DClassifier
@@ -48,11 +48,6 @@ def variants(default: str) -> list[tuple[str, str, int, dict | None]]:
 def set_discretisation(net, integrator: str, substeps: int, options: dict | None) -> None:
     net.solver_options = options
     net.set_integrator(integrator, substeps=substeps)
-
-
-@torch.no_grad()
-def accuracy(model, x, y) -> float:
-    return ((model(x) > 0).long() == y).float().mean().item() * 100
 
 
 def main(argv=None) -> None:
@@ -90,12 +85,12 @@ def main(argv=None) -> None:
                 solver_options=options,
             )
             seconds = train_toy2d(model, xtr, ytr, args.epochs * (len(xtr) // 125), seed, lr=args.lr)
-            acc = accuracy(model, xte, yte)
+            acc = toy2d_accuracy(model, xte, yte)
             nfe = model.net.function_evaluations()
             cross = []
             for _, e_int, e_sub, e_opt in evals:
                 set_discretisation(model.net, e_int, e_sub, e_opt)
-                cross.append(accuracy(model, xte, yte))
+                cross.append(toy2d_accuracy(model, xte, yte))
             runs.append([label, seed, acc, seconds, nfe, *cross])
             print(runs[-1], flush=True)
     eval_labels = [e[0] for e in evals]

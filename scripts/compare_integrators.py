@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, out_dir, start, train_toy2d, write_csv
+from _common import markdown_table, out_dir, start, toy2d_accuracy, train_toy2d, write_csv
 
 from hamode.data.toy2d import make_dataset, train_test_split
 from hamode.diagnostics import backward_sensitivity, sensitivity_norms, symplecticity_defect
@@ -37,11 +37,6 @@ INTEGRATORS = ["euler", "midpoint", "rk4", "symplectic_euler", "leapfrog", "yosh
 def train(model, data, epochs: int, seed: int, lr: float) -> float:
     (xtr, ytr), _ = data
     return train_toy2d(model, xtr, ytr, epochs * (len(xtr) // 125), seed, lr=lr)
-
-
-@torch.no_grad()
-def accuracy(model, x, y) -> float:
-    return ((model(x) > 0).long() == y).float().mean().item() * 100
 
 
 @torch.no_grad()
@@ -89,7 +84,7 @@ def main(argv=None) -> None:
             )
             seconds = train(model, data, args.epochs, seed, args.lr)
             xte, yte = data[1]
-            acc = accuracy(model, xte, yte)
+            acc = toy2d_accuracy(model, xte, yte)
             probe = model.embed(xte[:32])
             net = model.net
             net(probe)
@@ -127,7 +122,7 @@ def main(argv=None) -> None:
         row = [a]
         for b in args.integrators:
             model.net.set_integrator(b)
-            row.append(accuracy(model, xte, yte))
+            row.append(toy2d_accuracy(model, xte, yte))
         model.net.set_integrator(a)
         cross.append(row)
     write_csv(out / "cross_evaluation.csv", ["trained \\ evaluated", *args.integrators], cross)

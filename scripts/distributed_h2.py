@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, out_dir, start, train_toy2d, write_csv
+from _common import markdown_table, out_dir, start, toy2d_accuracy, train_toy2d, write_csv
 
 from hamode import HamiltonianNet, SparseSeparableField
 from hamode.data.toy2d import make_dataset, train_test_split
@@ -48,11 +48,6 @@ def build(kind: str, layers: int, h: float) -> Toy2DClassifier:
     field = SparseSeparableField(2 * NODES, layers, graph=graph(kind), n_nodes=NODES, init="normal")
     model.net = HamiltonianNet(field, t_end=h * layers, integrator="symplectic_euler")
     return model
-
-
-@torch.no_grad()
-def accuracy(model, x, y) -> float:
-    return ((model(x) > 0).long() == y).float().mean().item() * 100
 
 
 def layer_jacobians(f, w: dict, j: int, x: torch.Tensor) -> dict[str, list[torch.Tensor]]:
@@ -115,7 +110,7 @@ def main(argv=None) -> None:
                 torch.manual_seed(seed)
                 model = build(kind, args.layers, args.h)
                 secs.append(train_toy2d(model, xtr, ytr, args.epochs * (len(xtr) // 125), seed, lr=args.lr))
-                accs.append(accuracy(model, xte, yte))
+                accs.append(toy2d_accuracy(model, xte, yte))
                 if seed == 0:
                     ring = build("sparse", 1, args.h).net.field.adjacency
                     loc = locality(model.net.field, model.embed(xte[:4]), ring)

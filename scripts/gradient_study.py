@@ -23,7 +23,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, out_dir, start, train_toy2d, write_csv
+from _common import markdown_table, out_dir, start, toy2d_accuracy, train_toy2d, write_csv
 
 from hamode.data.toy2d import make_dataset, train_test_split
 from hamode.diagnostics import backward_sensitivity, sensitivity_norms
@@ -104,8 +104,7 @@ def run(name: str, data, iterations: int, every: int, seed: int):
             curve.append([it, *sensitivity_norms(S)["norm_mean"].tolist()])
 
     train_toy2d(model, xtr, ytr, iterations, seed, before_step=record)
-    with torch.no_grad():
-        acc = ((model(xte) > 0).long() == yte).float().mean().item() * 100
+    acc = toy2d_accuracy(model, xte, yte)
     return layers, curve, acc
 
 

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import out_dir, start, train_toy2d
+from _common import out_dir, start, toy2d_accuracy, train_toy2d
 
 from hamode.data.toy2d import make_dataset, train_test_split
 from hamode.models import Toy2DClassifier
@@ -67,8 +67,7 @@ def main(argv=None) -> None:
         args.architecture, dim=4, n_layers=args.layers, t_end=args.t_end, init="normal", positions=[0, 3]
     )
     train_toy2d(model, xtr, ytr, args.epochs * (len(xtr) // 125), args.seed, lr=args.lr)
-    with torch.no_grad():
-        acc = ((model(xte) > 0).long() == yte).float().mean().item() * 100
+    acc = toy2d_accuracy(model, xte, yte)
     name = f"{args.dataset}_{args.architecture}"
     title = f"{args.architecture}, {args.layers} layers, T = {args.t_end}: test accuracy {acc:.1f} %"
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, out_dir, start, train_toy2d, write_csv
+from _common import markdown_table, out_dir, start, toy2d_accuracy, train_toy2d, write_csv
 
 from hamode.data.toy2d import make_dataset, train_test_split
 from hamode.models import Toy2DClassifier
@@ -60,11 +60,6 @@ def parse_row(text: str) -> tuple[str, int]:
     return dataset, int(layers)
 
 
-@torch.no_grad()
-def accuracy(model, x, y) -> float:
-    return ((model(x) > 0).long() == y).float().mean().item() * 100
-
-
 def run_one(dataset: str, layers: int, arch: str, seed: int, args) -> list:
     x, y = make_dataset(dataset, 8000, seed=seed)
     (xtr, ytr), (xte, yte) = train_test_split(x, y, seed=seed)
@@ -78,7 +73,7 @@ def run_one(dataset: str, layers: int, arch: str, seed: int, args) -> list:
             loss = F.binary_cross_entropy_with_logits(model(xtr), ytr.float()).item()
         if loss < best_loss:
             best, best_loss = model, loss
-    return [dataset, layers, arch, seed, accuracy(best, xte, yte), accuracy(best, xtr, ytr), seconds]
+    return [dataset, layers, arch, seed, toy2d_accuracy(best, xte, yte), toy2d_accuracy(best, xtr, ytr), seconds]
 
 
 def load_runs(path: Path) -> dict[tuple, list]:
