@@ -114,7 +114,7 @@ def main(argv=None) -> None:
                 tr, te, s = train_cell(arch, layers, args.epochs, args.data_dir, args.schedule)
                 if layers == 0:
                     baseline = (tr, te, s)
-            row += [round(tr, 2), round(te, 2)]
+            row += [f"{tr:.2f}", f"{te:.2f}"]
             if arch != "H2":
                 i = 0 if arch == "MS1" else 2
                 row += [PUBLISHED[layers][i], PUBLISHED[layers][i + 1]]
