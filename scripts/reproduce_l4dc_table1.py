@@ -60,10 +60,24 @@ def parse_row(text: str) -> tuple[str, int]:
     return dataset, int(layers)
 
 
+def parse_arch_t_end(text: str) -> tuple[str, float]:
+    arch, _, value = text.partition("=")
+    try:
+        t_end = float(value)
+    except ValueError:
+        t_end = float("nan")
+    if arch not in ARCHS or not t_end > 0:
+        raise argparse.ArgumentTypeError(f"expected ARCH=T with ARCH in {ARCHS} and T > 0, got {text!r}")
+    return arch, t_end
+
+
 def run_one(dataset: str, layers: int, arch: str, seed: int, args) -> list:
     x, y = make_dataset(dataset, 8000, seed=seed)
     (xtr, ytr), (xte, yte) = train_test_split(x, y, seed=seed)
-    time_kw = {"h": args.h} if args.h is not None else {"t_end": args.t_end}
+    if arch in args.t_end_for:
+        time_kw = {"t_end": args.t_end_for[arch]}
+    else:
+        time_kw = {"h": args.h} if args.h is not None else {"t_end": args.t_end}
     best, best_loss, seconds = None, float("inf"), 0.0
     for restart in range(args.restarts):  # keep the restart with the lowest training loss (no test data)
         torch.manual_seed(seed if restart == 0 else 1000 * seed + restart)
@@ -133,17 +147,26 @@ def main(argv=None) -> None:
     parser.add_argument("--t-end", type=float, default=None, help="final time (default when --h is not given)")
     parser.add_argument("--h", type=float, default=None, help="step per layer instead of a fixed final time")
     parser.add_argument(
+        "--t-end-for",
+        nargs="*",
+        type=parse_arch_t_end,
+        default=[],
+        metavar="ARCH=T",
+        help="another final time for some architectures, e.g. MS1=4 MS2=4",
+    )
+    parser.add_argument(
         "--restarts", type=int, default=1, help="train this many times per cell, keep the lowest training loss"
     )
     parser.add_argument("--init", default="normal", help="weight init: 'normal' is the papers' N(0, 1)")
     parser.add_argument("--architectures", nargs="+", default=ARCHS, choices=ARCHS)
     parser.add_argument("--rows", nargs="+", type=parse_row, default=list(PUBLISHED))
     args = parser.parse_args(argv)
+    args.t_end_for = dict(args.t_end_for)
     if args.h is None and args.t_end is None:
         args.t_end = DEFAULT_T_END
     start()
     out = out_dir(args.out)
-    recipe = {k: getattr(args, k) for k in ("epochs", "lr", "t_end", "h", "init", "restarts")}
+    recipe = {k: getattr(args, k) for k in ("epochs", "lr", "t_end", "h", "init", "restarts", "t_end_for")}
     stored = out / "recipe.json"
     if stored.exists() and json.loads(stored.read_text()) != recipe:
         parser.error(f"the runs in {out} were made with {stored.read_text()}, not {recipe}: use another --out")
@@ -180,6 +203,7 @@ def main(argv=None) -> None:
                 row.append(cell)
         md_rows.append(row)
     time_kw = f"h = {args.h}" if args.h is not None else f"T = {args.t_end}"
+    time_kw += "".join(f", T = {t} for {a}" for a, t in args.t_end_for.items())
     text = (
         f"{args.seeds} seeds, {args.epochs} epochs, lr {args.lr}, {time_kw}, init {args.init}, "
         f"{args.restarts} restart(s) per cell (lowest training loss kept); "
