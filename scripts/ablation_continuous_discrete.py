@@ -6,7 +6,7 @@ under every discretisation (refining a discretely trained net at test time).
     python scripts/ablation_continuous_discrete.py --architecture H2 --dataset double_moons --epochs 10
 
 Default: H1_J1 (forward Euler when discrete) on the swiss roll, n = 4, 16 layers, T = 1.2, N(0, 1) init,
-Adam lr 0.01, batch 125, `--epochs` epochs (20), α = 5e-4, head weight decay 1e-4, `--seeds` seeds (2).
+Adam lr 0.01, batch 125, `--epochs` epochs (60), α = 5e-4, head weight decay 1e-4, `--seeds` seeds (3).
 Training variants: the architecture's own integrator with 1 substep ("discrete"); rk4 with 1 and 4
 substeps; torchdiffeq dopri5 at rtol = atol = 1e-3 and 1e-5 (continuous; inner layer boundaries given as
 jump_t). Columns: test accuracy, training time, right-hand-side evaluations per forward (dopri5: of the
@@ -57,9 +57,9 @@ def main(argv=None) -> None:
     parser.add_argument("--architecture", default="H1_J1")
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--t-end", type=float, default=1.2)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
     start()
     out = out_dir(args.out)
