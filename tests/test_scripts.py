@@ -86,7 +86,7 @@ def test_table2_one_cell(tmp_path):
 def test_compare_integrators(tmp_path):
     script = load("compare_integrators")
     args = ["--out", str(tmp_path), "--layers", "2", "--epochs", "1", "--seeds", "1"]
-    script.main(args + ["--integrators", "euler", "symplectic_euler"])
+    script.main([*args, "--integrators", "euler", "symplectic_euler"])
     rows = read_csv(tmp_path / "compare_integrators.csv")
     by_name = {r[0]: r for r in rows[1:]}
     assert float(by_name["euler"][4]) == 2 and float(by_name["symplectic_euler"][4]) == 2  # evals per forward
@@ -97,7 +97,7 @@ def test_compare_integrators(tmp_path):
 def test_table1_refuses_to_mix_recipes(tmp_path, capsys):
     script = load("reproduce_l4dc_table1")
     args = ["--out", str(tmp_path), "--seeds", "1", "--epochs", "1", "--rows", "double_moons:1"]
-    script.main(args + ["--architectures", "H2"])
+    script.main([*args, "--architectures", "H2"])
     with pytest.raises(SystemExit):
-        script.main(args + ["--architectures", "H2", "--lr", "0.5"])
+        script.main([*args, "--architectures", "H2", "--lr", "0.5"])
     assert "use another --out" in capsys.readouterr().err
