@@ -16,8 +16,10 @@ papers: 0.05 and 50; 0.05 gave ±10 % between seeds on the cells tried first); `
 is trained 3 times (different initialisations, same data) and the net with the lowest *training* loss is
 kept, model selection on training data only; `--t-end-for MS1=4 MS2=4`: MS1 and MS2 move each state by
 σ(·), at most 1 per unit time per coordinate, so T = 1.2 caps how far the flow can carry a point (the
-swiss roll spans 2.4); H1, MS3 and H2 scale their field with K and keep T = 1.2. The first run (T = 1.2
-everywhere, 1 restart) met 20 of 40 cells, the second (3 restarts) 26.
+swiss roll spans 2.4); `H1_J2=0.5`: J2's norm is ‖J2‖₂ = cot(π/8) = 2.41 at n = 4 (‖J1‖₂ = 1), so
+T = 1.2 / 2.41 gives H1_J2 the time scale of H1_J1 at T = 1.2. H1_J1, MS3 and H2 keep T = 1.2. The
+first run (T = 1.2 everywhere, 1 restart) met 20 of 40 cells, with 3 restarts 26, with T = 4 for MS1/MS2
+31, with T = 0.5 for H1_J2 32.
 
 Runs already in <out>/runs.csv are reused, so an interrupted run continues where it stopped; a folder
 holds runs of one recipe only (<out>/recipe.json).
@@ -156,9 +158,9 @@ def main(argv=None) -> None:
         "--t-end-for",
         nargs="*",
         type=parse_arch_t_end,
-        default=[("MS1", 4.0), ("MS2", 4.0)],
+        default=[("MS1", 4.0), ("MS2", 4.0), ("H1_J2", 0.5)],
         metavar="ARCH=T",
-        help="another final time for some architectures (default MS1=4 MS2=4; give the flag alone for none)",
+        help="another final time for some architectures (default MS1=4 MS2=4 H1_J2=0.5; the flag alone: none)",
     )
     parser.add_argument(
         "--restarts", type=int, default=3, help="train this many times per cell, keep the lowest training loss"
