@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -10,6 +10,7 @@ from torch import Tensor
 from .net import HamiltonianNet
 
 __all__ = [
+    "SavedBytes",
     "backward_sensitivity",
     "energy_drift",
     "sensitivity_norms",
@@ -136,3 +137,33 @@ def sensitivity_upper_bound(net: HamiltonianNet) -> Tensor:
     # bound[j] = prod_{k >= j} factors[k]; bound[N] = 1
     tail = torch.flip(torch.cumprod(torch.flip(f, [0]), 0), [0])
     return torch.cat([tail, torch.ones(1, dtype=tail.dtype)])
+
+
+class SavedBytes:
+    """Count the bytes autograd saves for backward while the block runs (``saved_tensors_hooks``).
+
+    Tensors sharing storage with ``exclude`` (e.g. the parameters, which exist anyway) are not counted, so
+    the count is the activation memory a gradient mode keeps::
+
+        with SavedBytes(exclude=net.parameters()) as saved:
+            out = net(y0)
+        out.sum().backward()
+        saved.bytes
+    """
+
+    def __init__(self, exclude: Iterable[Tensor] = ()) -> None:
+        self._excluded = {t.data_ptr() for t in exclude}
+        self.bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: Tensor) -> Tensor:
+        if t.data_ptr() not in self._excluded:
+            self.bytes += t.numel() * t.element_size()
+        return t
+
+    def __enter__(self) -> "SavedBytes":
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)

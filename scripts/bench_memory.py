@@ -32,27 +32,19 @@ def measure(setting: str, depth: int, gradient: str) -> dict:
     import torch
 
     import hamode
+    from hamode.diagnostics import SavedBytes
 
     torch.manual_seed(0)
     field = hamode.make_field("H2", dim=8, n_layers=depth)
     net = hamode.HamiltonianNet(field, t_end=0.1 * depth, integrator="leapfrog", gradient=gradient)
     y0 = torch.randn(*SETTINGS[setting])
-    params = {p.data_ptr() for p in field.parameters()}
-    saved = 0
-
-    def pack(t):
-        nonlocal saved
-        if t.data_ptr() not in params:
-            saved += t.numel() * t.element_size()
-        return t
-
     y0.requires_grad_(True)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedBytes(exclude=field.parameters()) as saved:
         out = net(y0)
     (out.pow(2).mean() + net.regularization(1e-3)).backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"saved_bytes": saved, "rss_growth_bytes": (peak - base) * 1024}
+    return {"saved_bytes": saved.bytes, "rss_growth_bytes": (peak - base) * 1024}
 
 
 def main(argv=None) -> None:

@@ -10,7 +10,7 @@ import torchdiffeq
 from helpers import F64, log_slope
 
 import hamode
-from hamode.diagnostics import backward_sensitivity
+from hamode.diagnostics import SavedBytes, backward_sensitivity
 
 
 def _h1(n_layers=16, seed=0, scale=0.5, weights="piecewise"):
@@ -133,19 +133,10 @@ def test_adjoint_saved_bytes_do_not_grow_with_depth(method):
             gradient=gradient,
             solver_options={"rtol": 1e-5, "atol": 1e-5} if method == "dopri5" else {},
         )
-        params = {p.data_ptr() for p in field.parameters()}
-        total = 0
-
-        def pack(t):
-            nonlocal total
-            if t.data_ptr() not in params:  # parameters exist anyway; count activations
-                total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with SavedBytes(exclude=field.parameters()) as saved:  # parameters exist anyway; count activations
             out = net(torch.randn(8, 4, dtype=F64))
         out.sum().backward()
-        return total
+        return saved.bytes
 
     adj16, adj256 = saved_bytes(16, "adjoint"), saved_bytes(256, "adjoint")
     assert adj256 <= adj16, (adj16, adj256)

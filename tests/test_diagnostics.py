@@ -99,3 +99,15 @@ def test_diagnostics_bad_input():
         backward_sensitivity(net, torch.randn(2, 4), layers=[7])
     with pytest.raises(ValueError, match=r"Phi .* and J .* must end in the same"):
         symplecticity_defect(torch.eye(3), torch.eye(4))
+
+
+def test_saved_bytes_counts_what_backward_keeps():
+    from hamode.diagnostics import SavedBytes
+
+    x = torch.randn(10, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(10, dtype=torch.float64, requires_grad=True)
+    with SavedBytes() as all_saved:
+        (x * w).sum().backward()  # mul saves both operands
+    with SavedBytes(exclude=[w]) as activations:
+        (x * w).sum().backward()
+    assert all_saved.bytes == 2 * 10 * 8 and activations.bytes == 10 * 8

@@ -7,6 +7,7 @@ import torch
 from helpers import F64, reversible_integrators
 
 import hamode
+from hamode.diagnostics import SavedBytes
 from hamode.fused import fused_applies, reconstruct
 
 RING4 = [(0, 1), (1, 2), (2, 3), (3, 0)]
@@ -122,20 +123,11 @@ def test_reconstruction_error_float32_growth():
 
 def _saved_bytes(field, gradient, name="leapfrog"):
     net = hamode.HamiltonianNet(field, t_end=0.1 * field.n_layers, integrator=name, gradient=gradient)
-    params = {p.data_ptr() for p in field.parameters()}
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        if t.data_ptr() not in params:
-            total += t.numel() * t.element_size()
-        return t
-
     y0 = torch.randn(32, 8, dtype=F64, requires_grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedBytes(exclude=field.parameters()) as saved:
         out = net(y0)
     out.sum().backward()
-    return total
+    return saved.bytes
 
 
 def test_reversible_saved_bytes_flat_in_depth():
