@@ -54,6 +54,15 @@ def write_csv(path: Path, headers: Sequence[str], rows: Sequence[Sequence[object
         w.writerows(rows)
 
 
+def toy2d_model(architecture: str, n_layers: int, **kwargs):
+    """The 2-D model of the scripts' recipe: n = 4, inputs at state coordinates 0 and 3 (as in the authors'
+    code), N(0, 1) weights; ``kwargs`` go to :class:`hamode.models.Toy2DClassifier` (t_end or h, ...)."""
+    from hamode.models import Toy2DClassifier
+
+    kwargs = {"init": "normal", "positions": [0, 3], **kwargs}
+    return Toy2DClassifier(architecture, dim=4, n_layers=n_layers, **kwargs)
+
+
 def toy2d_accuracy(model, x, y) -> float:
     """Test accuracy in % of a logistic-head 2-D classifier."""
     import torch
@@ -72,11 +81,9 @@ def train_toy2d(
     alpha: float = 5e-4,
     head_weight_decay: float = 1e-4,
     before_step: Callable[[int], object] | None = None,
-    schedule: str = "constant",
 ) -> float:
     """The papers' 2-D training: Adam (weight decay on the head only), batch 125, logistic loss plus the
-    model's smoothness regulariser; ``before_step(iteration)`` runs before every step. ``schedule``:
-    ``"constant"`` (the papers') or ``"cosine"`` (lr decays to 0 over the iterations). Returns seconds."""
+    model's smoothness regulariser; ``before_step(iteration)`` runs before every step. Returns seconds."""
     import torch
     import torch.nn.functional as F
 
@@ -84,9 +91,6 @@ def train_toy2d(
     opt = torch.optim.Adam(
         [{"params": body}, {"params": model.head.parameters(), "weight_decay": head_weight_decay}], lr=lr
     )
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations) if schedule == "cosine" else None
     g = torch.Generator().manual_seed(seed)
     it = 0
     t = time.perf_counter()
@@ -100,8 +104,6 @@ def train_toy2d(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            if sched is not None:
-                sched.step()
             it += 1
             if it >= iterations:
                 break

@@ -26,10 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, out_dir, start, toy2d_accuracy, train_toy2d, write_csv
+from _common import markdown_table, out_dir, start, toy2d_accuracy, toy2d_model, train_toy2d, write_csv
 
+import hamode
 from hamode.data.toy2d import make_dataset, train_test_split
-from hamode.models import Toy2DClassifier
 
 EVAL_SUBSTEPS = [1, 2, 4, 8, 16]
 
@@ -63,8 +63,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     start()
     out = out_dir(args.out)
-    probe = Toy2DClassifier(args.architecture, dim=4, n_layers=1, t_end=1.0)
-    default = probe.net.integrator_name
+    default = hamode.make_field(args.architecture, dim=4, n_layers=1).default_integrator
     evals = [(f"{default} x{s}", default, s, None) for s in EVAL_SUBSTEPS]
     evals.append(("dopri5 1e-7", "torchdiffeq:dopri5", 1, {"rtol": 1e-7, "atol": 1e-7}))
     runs = []
@@ -73,13 +72,10 @@ def main(argv=None) -> None:
             x, y = make_dataset(args.dataset, 8000, seed=seed)
             (xtr, ytr), (xte, yte) = train_test_split(x, y, seed=seed)
             torch.manual_seed(seed)
-            model = Toy2DClassifier(
+            model = toy2d_model(
                 args.architecture,
-                dim=4,
-                n_layers=args.layers,
+                args.layers,
                 t_end=args.t_end,
-                init="normal",
-                positions=[0, 3],
                 integrator=integrator,
                 substeps=substeps,
                 solver_options=options,

@@ -25,11 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, out_dir, start, toy2d_accuracy, train_toy2d, write_csv
+from _common import markdown_table, out_dir, start, toy2d_accuracy, toy2d_model, train_toy2d, write_csv
 
 from hamode.data.toy2d import make_dataset, train_test_split
 from hamode.diagnostics import backward_sensitivity, sensitivity_norms, symplecticity_defect
-from hamode.models import Toy2DClassifier
 
 INTEGRATORS = ["euler", "midpoint", "rk4", "symplectic_euler", "leapfrog", "yoshida4", "torchdiffeq:dopri5"]
 
@@ -72,13 +71,10 @@ def main(argv=None) -> None:
             data = train_test_split(x, y, seed=seed)
             torch.manual_seed(seed)
             opts = {"rtol": 1e-4, "atol": 1e-5} if name.startswith("torchdiffeq:") else None
-            model = Toy2DClassifier(
+            model = toy2d_model(
                 args.architecture,
-                dim=4,
-                n_layers=args.layers,
+                args.layers,
                 t_end=args.t_end,
-                init="normal",
-                positions=[0, 3],
                 integrator=name,
                 solver_options=opts,
             )

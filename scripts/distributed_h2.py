@@ -100,6 +100,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     start()
     out = out_dir(args.out)
+    ring = SparseSeparableField(2 * NODES, 1, graph=graph("sparse"), n_nodes=NODES).adjacency
     runs, rows = [], []
     for dataset in args.datasets:
         for kind in ("sparse", "full"):
@@ -112,7 +113,6 @@ def main(argv=None) -> None:
                 secs.append(train_toy2d(model, xtr, ytr, args.epochs * (len(xtr) // 125), seed, lr=args.lr))
                 accs.append(toy2d_accuracy(model, xte, yte))
                 if seed == 0:
-                    ring = build("sparse", 1, args.h).net.field.adjacency
                     loc = locality(model.net.field, model.embed(xte[:4]), ring)
                 runs.append([dataset, kind, seed, accs[-1], secs[-1]])
                 print(runs[-1], flush=True)

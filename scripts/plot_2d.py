@@ -22,10 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import out_dir, start, toy2d_accuracy, train_toy2d
+from _common import out_dir, start, toy2d_accuracy, toy2d_model, train_toy2d
 
 from hamode.data.toy2d import make_dataset, train_test_split
-from hamode.models import Toy2DClassifier
 
 
 @torch.no_grad()
@@ -63,9 +62,7 @@ def main(argv=None) -> None:
     x, y = make_dataset(args.dataset, 8000, seed=args.seed)
     (xtr, ytr), (xte, yte) = train_test_split(x, y, seed=args.seed)
     torch.manual_seed(args.seed)
-    model = Toy2DClassifier(
-        args.architecture, dim=4, n_layers=args.layers, t_end=args.t_end, init="normal", positions=[0, 3]
-    )
+    model = toy2d_model(args.architecture, args.layers, t_end=args.t_end)
     train_toy2d(model, xtr, ytr, args.epochs * (len(xtr) // 125), args.seed, lr=args.lr)
     acc = toy2d_accuracy(model, xte, yte)
     name = f"{args.dataset}_{args.architecture}"

@@ -42,10 +42,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, out_dir, start, toy2d_accuracy, train_toy2d, write_csv
+from _common import markdown_table, out_dir, start, toy2d_accuracy, toy2d_model, train_toy2d, write_csv
 
 from hamode.data.toy2d import make_dataset, train_test_split
-from hamode.models import Toy2DClassifier
 
 ARCHS = ["MS1", "MS2", "MS3", "H1_J1", "H1_J2", "H2"]
 PUBLISHED = {  # L4DC Table 1 (PAPER §4); H2 is TAC's architecture, not in the table
@@ -89,7 +88,7 @@ def run_one(dataset: str, layers: int, arch: str, seed: int, args) -> list:
     best, best_loss, seconds = None, float("inf"), 0.0
     for restart in range(args.restarts):  # keep the restart with the lowest training loss (no test data)
         torch.manual_seed(seed if restart == 0 else 1000 * seed + restart)
-        model = Toy2DClassifier(arch, dim=4, n_layers=layers, init=args.init, positions=[0, 3], **time_kw)
+        model = toy2d_model(arch, layers, init=args.init, **time_kw)
         seconds += train_toy2d(model, xtr, ytr, args.epochs * (len(xtr) // 125), seed + restart, lr=args.lr)
         with torch.no_grad():
             loss = F.binary_cross_entropy_with_logits(model(xtr), ytr.float()).item()

@@ -13,7 +13,8 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def load(name: str):
-    sys.path.insert(0, str(SCRIPTS))
+    if str(SCRIPTS) not in sys.path:  # the scripts import their _common
+        sys.path.insert(0, str(SCRIPTS))
     spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
