@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -95,10 +97,42 @@ def test_compare_integrators(tmp_path):
     assert float(cross[1][1]) == float(by_name["euler"][2])  # diagonal = own test accuracy
 
 
+def test_table1_parallel_jobs_match_serial(tmp_path, capsys):
+    script = load("reproduce_l4dc_table1")
+    args = ["--seeds", "1", "--epochs", "1", "--restarts", "2", "--rows", "double_moons:1"]
+    args += ["--architectures", "H1_J1", "MS3"]
+    script.main(["--out", str(tmp_path / "serial"), *args])
+    # the workers import the script by its path, so run it the way users do
+    cmd = [
+        sys.executable,
+        str(SCRIPTS / "reproduce_l4dc_table1.py"),
+        "--out",
+        str(tmp_path / "parallel"),
+        "--jobs",
+        "2",
+    ]
+    subprocess.run([*cmd, *args], check=True, capture_output=True)
+    serial, parallel = (sorted(r[:6] for r in read_csv(tmp_path / d / "runs.csv")) for d in ("serial", "parallel"))
+    assert serial == parallel and len(serial) == 3
+    for bad in (["--jobs", "0"], ["--restarts", "-1"], ["--seeds", "two"]):
+        with pytest.raises(SystemExit):
+            script.main(["--out", str(tmp_path / "bad"), *bad])
+        assert "expected an integer >= 1" in capsys.readouterr().err
+
+
 def test_table1_refuses_to_mix_recipes(tmp_path, capsys):
     script = load("reproduce_l4dc_table1")
     args = ["--out", str(tmp_path), "--seeds", "1", "--epochs", "1", "--rows", "double_moons:1"]
     script.main([*args, "--architectures", "H2"])
-    with pytest.raises(SystemExit):
-        script.main([*args, "--architectures", "H2", "--lr", "0.5"])
-    assert "use another --out" in capsys.readouterr().err
+    assert json.loads((tmp_path / "recipe.json").read_text())["H2"]["positions"] == [3, 0]
+    for change in (["--lr", "0.5"], ["--positions-for"], ["--restarts", "2"]):
+        with pytest.raises(SystemExit):
+            script.main([*args, "--architectures", "H2", *change])
+        assert "the H2 runs in" in capsys.readouterr().err
+    # the recipe is kept per architecture: another column may join the folder with its own settings
+    script.main([*args, "--architectures", "H1_J1", "--positions-for", "H1_J1=1,2"])
+    assert json.loads((tmp_path / "recipe.json").read_text())["H1_J1"]["positions"] == [1, 2]
+    for bad in ("MS3=0,0", "MS3=0,4", "MLP=0,3", "MS3=0"):
+        with pytest.raises(SystemExit):
+            script.main(["--out", str(tmp_path / "bad"), "--positions-for", bad])
+        assert "expected ARCH=i,j" in capsys.readouterr().err
