@@ -3,13 +3,14 @@
     python scripts/reproduce_l4dc_table1.py --out outputs/reproduce_l4dc_table1 --jobs 2
     python scripts/reproduce_l4dc_table1.py --seeds 1 --epochs 10 --rows swiss_roll:4 double_moons:1   # a quick look
 
-Setting (PAPER §4-5): n = 4, the two inputs at state coordinates 0 and 3 (as in the authors' code; see
-`--positions-for` for MS3 and H2), each architecture with its published discretisation (H1: forward Euler;
-MS1, MS3: Verlet; MS2: forward Euler; H2: symplectic Euler), 8000 points, half train / half test, Adam,
-batch 125, α = 5e-4, logistic head with weight decay α_c = 1e-4, N(0, 1) weights (`--init normal`, the
-authors'), final time `--t-end` 1.2 at every depth (the authors' default; or `--h` per layer). Every cell
-is the mean ± std of the test accuracy over `--seeds` seeds (data, split and weights all seeded); a cell
-"meets" when the mean, to 0.1 %, is at least the published value.
+Setting (PAPER §4-5): n = 4, the two inputs at state coordinates 0 and 3 (as in the authors' code), each
+architecture with its published discretisation (H1: forward Euler; MS1, MS3: Verlet; MS2: forward Euler;
+H2: symplectic Euler; for MS3 and H2 in the authors' half-step order, see `--integrator-for`), 8000
+points, half train / half test, Adam, batch 125, α = 5e-4, logistic head with weight decay α_c = 1e-4,
+N(0, 1) weights (`--init normal`, the authors'), final time `--t-end` 1.2 at every depth (the authors'
+default; or `--h` per layer). Every cell is the mean ± std of the test accuracy over `--seeds` seeds
+(data, split and weights all seeded); a cell "meets" when the mean, to 0.1 %, is at least the published
+value.
 
 Deviations from the papers' training, each stated with the results (README):
 - lr 0.01 and 100 epochs (the papers: 0.05 and 50; 0.05 gave ±10 % between seeds on the cells tried first).
@@ -20,18 +21,18 @@ Deviations from the papers' training, each stated with the results (README):
   so T = 1.2 caps how far the flow can carry a point (the swiss roll spans 2.4); `H1_J2=0.5`: J2's norm is
   ‖J2‖₂ = cot(π/8) = 2.41 at n = 4 (‖J1‖₂ = 1), so T = 1.2 / 2.41 gives H1_J2 the time scale of H1_J1 at
   T = 1.2. H1_J1, MS3 and H2 keep T = 1.2.
-- `--positions-for MS3=3,0 H2=3,0`: hamode's MS3 and H2 layers follow PAPER §2 and update the first half
-  of the state from the second one first (y from z; p from q); the authors' code applies the two half-steps
-  in the other order, reading the first half (which holds input x1) first. With x1 at coordinate 3 and x2
-  at 0, hamode's layer is the authors' up to the sign of one half of the state. It matters on shallow nets:
-  the first half-step adds a function of the one input it reads, and the double moons' class boundary is a
-  graph over x1 (1-layer MS3 on the double moons, 10 restarts: 93.8 ± 4.4 % with x2 read first, 97.1 ± 2.3 % with x1).
+- `--integrator-for MS3=symplectic_euler_qp H2=symplectic_euler_qp`: hamode's default for MS3 and H2 is
+  `symplectic_euler`, the layer of PAPER §2, which updates the first half of the state from the second one
+  first (y from z; p from q); the authors' code applies the two half-steps in the other order, reading the
+  first half (which holds input x1) first. `symplectic_euler_qp` is that order, so these are the authors'
+  layers exactly. It matters on shallow nets: the first half-step adds a function of the one input it
+  reads, and the double moons' class boundary is a graph over x1 (README).
 
 The first run (T = 1.2 everywhere, 1 restart) met 20 of 40 cells, with 3 restarts 26, with T = 4 for
-MS1/MS2 31, with T = 0.5 for H1_J2 32, with 10 restarts and the input order of MS3/H2 38. The authors' code
-also trains differently: for every batch it fits a fresh head to the frozen features (10 Adam steps),
-takes one body step through it, and fits the final head at the end; tried on the 1-layer double moons
-(H1_J2, MS3) it did no better than joint training, so head and body are trained jointly here.
+MS1/MS2 31, with T = 0.5 for H1_J2 32, with 10 restarts and the authors' half-step order for MS3/H2 38.
+The authors' code also trains differently: for every batch it fits a fresh head to the frozen features (10
+Adam steps), takes one body step through it, and fits the final head at the end; tried on the 1-layer
+double moons (H1_J2, MS3) it did no better than joint training, so head and body are trained jointly here.
 
 `--jobs 2` runs two cells at a time, one single-threaded process each (results identical to `--jobs 1`).
 
@@ -61,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import markdown_table, out_dir, start, toy2d_accuracy, toy2d_model, train_toy2d, write_csv
 
 from hamode.data.toy2d import make_dataset, train_test_split
+from hamode.integrators import list_integrators
 
 ARCHS = ["MS1", "MS2", "MS3", "H1_J1", "H1_J2", "H2"]
 PUBLISHED = {  # L4DC Table 1 (PAPER §4); H2 is TAC's architecture, not in the table
@@ -94,19 +96,13 @@ def parse_arch_t_end(text: str) -> tuple[str, float]:
     return arch, t_end
 
 
-def parse_arch_positions(text: str) -> tuple[str, tuple[int, int]]:
-    arch, _, value = text.partition("=")
-    parts = value.split(",")
-    if (
-        arch not in ARCHS
-        or len(parts) != 2
-        or not all(p.isdigit() and int(p) < 4 for p in parts)
-        or parts[0] == parts[1]
-    ):
+def parse_arch_integrator(text: str) -> tuple[str, str]:
+    arch, _, name = text.partition("=")
+    if arch not in ARCHS or name not in list_integrators():
         raise argparse.ArgumentTypeError(
-            f"expected ARCH=i,j with ARCH in {ARCHS} and i, j two distinct state coordinates in 0..3, got {text!r}"
+            f"expected ARCH=INTEGRATOR with ARCH in {ARCHS} and INTEGRATOR in {list_integrators()}, got {text!r}"
         )
-    return arch, (int(parts[0]), int(parts[1]))
+    return arch, name
 
 
 def recipe_for(arch: str, args) -> dict:
@@ -115,14 +111,14 @@ def recipe_for(arch: str, args) -> dict:
         time_kw = {"t_end": args.t_end_for[arch]}
     else:
         time_kw = {"h": args.h} if args.h is not None else {"t_end": args.t_end}
-    positions = list(args.positions_for.get(arch, DEFAULT_POSITIONS))
+    integrator = args.integrator_for.get(arch)  # None: the architecture's published discretisation
     return {
         "epochs": args.epochs,
         "lr": args.lr,
         "init": args.init,
         "restarts": args.restarts,
         **time_kw,
-        "positions": positions,
+        "integrator": integrator,
     }
 
 
@@ -140,7 +136,7 @@ def run_one(dataset: str, layers: int, arch: str, seed: int, args) -> list:
     best, best_loss, seconds = None, float("inf"), 0.0
     for restart in range(args.restarts):  # keep the restart with the lowest training loss (no test data)
         torch.manual_seed(seed if restart == 0 else 1000 * seed + restart)
-        model = toy2d_model(arch, layers, init=args.init, positions=recipe["positions"], **time_kw)
+        model = toy2d_model(arch, layers, init=args.init, integrator=recipe["integrator"], **time_kw)
         seconds += train_toy2d(model, xtr, ytr, args.epochs * (len(xtr) // 125), seed + restart, lr=args.lr)
         with torch.no_grad():
             loss = F.binary_cross_entropy_with_logits(model(xtr), ytr.float()).item()
@@ -214,12 +210,13 @@ def main(argv=None) -> None:
         help="another final time for some architectures (default MS1=4 MS2=4 H1_J2=0.5; the flag alone: none)",
     )
     parser.add_argument(
-        "--positions-for",
+        "--integrator-for",
         nargs="*",
-        type=parse_arch_positions,
-        default=[("MS3", (3, 0)), ("H2", (3, 0))],
-        metavar="ARCH=i,j",
-        help="other state coordinates for the two inputs (default MS3=3,0 H2=3,0; elsewhere 0,3; the flag alone: none)",
+        type=parse_arch_integrator,
+        default=[("MS3", "symplectic_euler_qp"), ("H2", "symplectic_euler_qp")],
+        metavar="ARCH=NAME",
+        help="another integrator for some architectures (default MS3 and H2: symplectic_euler_qp, the authors' "
+        "half-step order; the flag alone: every architecture with hamode's default for it)",
     )
     parser.add_argument(
         "--restarts",
@@ -235,7 +232,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", nargs="+", type=parse_row, default=list(PUBLISHED))
     args = parser.parse_args(argv)
     args.t_end_for = dict(args.t_end_for)
-    args.positions_for = dict(args.positions_for)
+    args.integrator_for = dict(args.integrator_for)
     if args.h is None and args.t_end is None:
         args.t_end = DEFAULT_T_END
     start()
@@ -296,7 +293,7 @@ def main(argv=None) -> None:
     workers = f"torch threads: {torch.get_num_threads()}" if args.jobs == 1 else f"{args.jobs} single-threaded jobs"
     time_kw = f"h = {args.h}" if args.h is not None else f"T = {args.t_end}"
     time_kw += "".join(f", T = {t} for {a}" for a, t in args.t_end_for.items())
-    time_kw += "".join(f", inputs at coordinates {i}, {j} for {a}" for a, (i, j) in args.positions_for.items())
+    time_kw += "".join(f", {name} for {a}" for a, name in args.integrator_for.items())
     text = (
         f"{args.seeds} seeds, {args.epochs} epochs, lr {args.lr}, {time_kw}, init {args.init}, "
         f"{args.restarts} restart(s) per cell (lowest training loss kept); "
@@ -313,7 +310,6 @@ def main(argv=None) -> None:
 
 
 DEFAULT_T_END = 1.2
-DEFAULT_POSITIONS = (0, 3)
 
 if __name__ == "__main__":
     main()

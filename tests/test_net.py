@@ -84,6 +84,30 @@ def test_ms1_ms2_ms3_equal_paper_layer_equations():
         assert torch.allclose(outs[2][i], torch.cat([y, z]).squeeze(-1), atol=1e-13)
 
 
+def test_symplectic_euler_qp_is_the_authors_half_step_order():
+    """The authors' code (L4DC/TAC) runs MS3 and H2 with the other half first: z (q) from y (p), then y (p)
+    from the new z (q). That is `symplectic_euler_qp` on the same fields (used by the Table 1 script)."""
+    torch.manual_seed(0)
+    h, y0 = 0.25, torch.randn(2, 4, dtype=F64)
+    ms3 = hamode.make_field("MS3", dim=4, n_layers=3, init="normal", dtype=F64)
+    h2 = hamode.make_field("H2", dim=4, n_layers=3, init="normal", dtype=F64)
+    outs = [hamode.HamiltonianNet(f, 0.75, integrator="symplectic_euler_qp")(y0) for f in (ms3, h2)]
+    for i in range(2):
+        y, z = _col(y0[i, :2]), _col(y0[i, 2:])
+        for j in range(3):
+            K1, b1, K2, b2 = ms3.K1[j].detach(), _col(ms3.b1[j].detach()), ms3.K2[j].detach(), _col(ms3.b2[j].detach())
+            z = z - h * K2.T @ tanh(K2 @ y + b2)
+            y = y + h * K1.T @ tanh(K1 @ z + b1)
+        assert torch.allclose(outs[0][i], torch.cat([y, z]).squeeze(-1), atol=1e-13)
+        p, q = _col(y0[i, :2]), _col(y0[i, 2:])  # X = I
+        for j in range(3):
+            Kp, bp, Kq, bq = h2.Kp[j].detach(), _col(h2.bp[j].detach()), h2.Kq[j].detach(), _col(h2.bq[j].detach())
+            q = q + h * Kp.T @ tanh(Kp @ p + bp)
+            p = p - h * Kq.T @ tanh(Kq @ q + bq)
+        assert torch.allclose(outs[1][i], torch.cat([p, q]).squeeze(-1), atol=1e-13)
+        assert not torch.allclose(outs[1][i], hamode.HamiltonianNet(h2, 0.75)(y0)[i])  # the order matters
+
+
 def _gradcheck(net, y0):
     names, params = zip(*net.named_parameters())
 

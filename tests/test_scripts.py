@@ -124,15 +124,15 @@ def test_table1_refuses_to_mix_recipes(tmp_path, capsys):
     script = load("reproduce_l4dc_table1")
     args = ["--out", str(tmp_path), "--seeds", "1", "--epochs", "1", "--rows", "double_moons:1"]
     script.main([*args, "--architectures", "H2"])
-    assert json.loads((tmp_path / "recipe.json").read_text())["H2"]["positions"] == [3, 0]
-    for change in (["--lr", "0.5"], ["--positions-for"], ["--restarts", "2"]):
+    assert json.loads((tmp_path / "recipe.json").read_text())["H2"]["integrator"] == "symplectic_euler_qp"
+    for change in (["--lr", "0.5"], ["--integrator-for"], ["--restarts", "2"]):
         with pytest.raises(SystemExit):
             script.main([*args, "--architectures", "H2", *change])
         assert "the H2 runs in" in capsys.readouterr().err
     # the recipe is kept per architecture: another column may join the folder with its own settings
-    script.main([*args, "--architectures", "H1_J1", "--positions-for", "H1_J1=1,2"])
-    assert json.loads((tmp_path / "recipe.json").read_text())["H1_J1"]["positions"] == [1, 2]
-    for bad in ("MS3=0,0", "MS3=0,4", "MLP=0,3", "MS3=0"):
+    script.main([*args, "--architectures", "H1_J1", "--integrator-for", "H1_J1=rk4"])
+    assert json.loads((tmp_path / "recipe.json").read_text())["H1_J1"]["integrator"] == "rk4"
+    for bad in ("MS3=rk5", "MLP=rk4", "MS3"):
         with pytest.raises(SystemExit):
-            script.main(["--out", str(tmp_path / "bad"), "--positions-for", bad])
-        assert "expected ARCH=i,j" in capsys.readouterr().err
+            script.main(["--out", str(tmp_path / "bad"), "--integrator-for", bad])
+        assert "expected ARCH=INTEGRATOR" in capsys.readouterr().err
