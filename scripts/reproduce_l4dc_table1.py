@@ -46,7 +46,6 @@ import argparse
 import csv
 import json
 import multiprocessing
-import os
 import statistics
 import sys
 import time
@@ -59,7 +58,16 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, out_dir, start, toy2d_accuracy, toy2d_model, train_toy2d, write_csv
+from _common import (
+    markdown_table,
+    out_dir,
+    start,
+    toy2d_accuracy,
+    toy2d_model,
+    train_toy2d,
+    write_csv,
+    write_text,
+)
 
 from hamode.data.toy2d import make_dataset, train_test_split
 from hamode.integrators import list_integrators
@@ -75,6 +83,7 @@ PUBLISHED = {  # L4DC Table 1 (PAPER §4); H2 is TAC's architecture, not in the 
     ("double_moons", 2): [98.2, 94.9, 99.8, 100, 100],
     ("double_moons", 4): [99.5, 100, 100, 100, 100],
 }
+DEFAULT_T_END = 1.2  # the authors' code's default final time
 RUN_HEADERS = ["dataset", "layers", "architecture", "seed", "test_acc", "train_acc", "seconds"]
 
 
@@ -157,12 +166,6 @@ def load_runs(path: Path) -> dict[tuple, list]:
     return out
 
 
-def save_runs(path: Path, runs: dict[tuple, list]) -> None:
-    tmp = path.with_suffix(".tmp")
-    write_csv(tmp, RUN_HEADERS, list(runs.values()))
-    os.replace(tmp, path)  # never a half-written table
-
-
 def plot(out: Path, table: dict, archs: list[str], rows: list[tuple[str, int]]) -> None:
     import matplotlib
 
@@ -243,9 +246,7 @@ def main(argv=None) -> None:
         recipe = recipe_for(arch, args)
         if recipes.setdefault(arch, recipe) != recipe:
             parser.error(f"the {arch} runs in {out} were made with {recipes[arch]}, not {recipe}: use another --out")
-    tmp = stored.with_suffix(".tmp")
-    tmp.write_text(json.dumps(recipes, indent=1))
-    os.replace(tmp, stored)
+    write_text(stored, json.dumps(recipes, indent=1))
     runs = load_runs(out / "runs.csv")
     t0 = time.perf_counter()
     todo = [
@@ -258,7 +259,7 @@ def main(argv=None) -> None:
 
     def store(row: list) -> None:
         runs[tuple(row[:4])] = row
-        save_runs(out / "runs.csv", runs)  # after every run: an interrupted invocation loses at most the runs in flight
+        write_csv(out / "runs.csv", RUN_HEADERS, list(runs.values()))  # an interruption loses only runs in flight
         print(" ".join(str(round(v, 2)) if isinstance(v, float) else str(v) for v in row), flush=True)
 
     if args.jobs == 1:
@@ -291,11 +292,11 @@ def main(argv=None) -> None:
                 row.append(cell)
         md_rows.append(row)
     workers = f"torch threads: {torch.get_num_threads()}" if args.jobs == 1 else f"{args.jobs} single-threaded jobs"
-    time_kw = f"h = {args.h}" if args.h is not None else f"T = {args.t_end}"
-    time_kw += "".join(f", T = {t} for {a}" for a, t in args.t_end_for.items())
-    time_kw += "".join(f", {name} for {a}" for a, name in args.integrator_for.items())
+    settings = f"h = {args.h}" if args.h is not None else f"T = {args.t_end}"
+    settings += "".join(f", T = {t} for {a}" for a, t in args.t_end_for.items())
+    settings += "".join(f", {name} for {a}" for a, name in args.integrator_for.items())
     text = (
-        f"{args.seeds} seeds, {args.epochs} epochs, lr {args.lr}, {time_kw}, init {args.init}, "
+        f"{args.seeds} seeds, {args.epochs} epochs, lr {args.lr}, {settings}, init {args.init}, "
         f"{args.restarts} restart(s) per cell (lowest training loss kept); "
         f"wall time of this invocation {time.perf_counter() - t0:.0f} s ({workers})\n\n"
         + markdown_table(headers, md_rows)
@@ -303,13 +304,11 @@ def main(argv=None) -> None:
         + "".join(f"\n- miss: {m}" for m in misses)
         + "\n"
     )
-    (out / "table1.md").write_text(text)
+    write_text(out / "table1.md", text)
     write_csv(out / "table1.csv", headers, md_rows)
     plot(out, table, args.architectures, args.rows)
     print(text)
 
-
-DEFAULT_T_END = 1.2
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,6 @@ Results go to <out>/table2.md and .csv (rows are appended as they finish, so a l
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, out_dir, start, write_csv
+from _common import markdown_table, out_dir, start, write_csv, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"MS1": "configs/mnist_ms1.yaml", "H1_J2": "configs/mnist_h1_j2.yaml", "H2": "configs/mnist_h2.yaml"}
@@ -129,9 +128,7 @@ def main(argv=None) -> None:
             + markdown_table(headers, rows)
             + "\n"
         )
-        tmp = out / "table2.md.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / "table2.md")
+        write_text(out / "table2.md", text)
         write_csv(out / "table2.csv", headers, rows)
     print(text)
 

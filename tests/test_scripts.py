@@ -37,6 +37,7 @@ def test_table1_runs_resumes_and_scores(tmp_path, capsys):
     assert [r[2] for r in runs[1:]] == ["H1_J1", "H2"]
     assert (tmp_path / "table1.png").stat().st_size > 0
     assert "Cells meeting the published value (mean, to 0.1 %): " in (tmp_path / "table1.md").read_text()
+    assert not list(tmp_path.glob("*.tmp"))  # every file is written through a temporary one, then renamed
     # a second invocation reuses the stored runs instead of training again
     script.run_one = lambda *a, **k: pytest.fail("retrained a stored run")
     script.main(args)
