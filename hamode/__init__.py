@@ -18,9 +18,16 @@ from .fields import (
     SeparableField,
     SparseSeparableField,
 )
-from .grid import LayerGrid
-from .integrators import Integrator, get_integrator, list_integrators, register_integrator
-from .net import GRADIENT_MODES, HamiltonianNet
+from .grid import LayerGrid, Schedule
+from .integrators import (
+    Integrator,
+    RungeKutta,
+    SplittingMethod,
+    get_integrator,
+    list_integrators,
+    register_integrator,
+)
+from .net import GRADIENT_MODES, HamiltonianNet, Solution
 from .regularization import smoothness_penalty
 
 __version__ = "0.1.0"
@@ -36,8 +43,12 @@ __all__ = [
     "MS1Field",
     "MS2Field",
     "MS3Field",
+    "RungeKutta",
+    "Schedule",
     "SeparableField",
+    "Solution",
     "SparseSeparableField",
+    "SplittingMethod",
     "architecture_info",
     "diagnostics",
     "fields",

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from .net import HamiltonianNet
+    from .grid import Schedule
 
 __all__ = ["ADAPTIVE_METHODS", "FIXED_METHODS", "ContinuousSolver", "list_torchdiffeq_methods"]
 
@@ -63,18 +63,20 @@ def list_torchdiffeq_methods() -> list[str]:
 
 
 class _Dynamics(nn.Module):
-    """The field as torchdiffeq sees it: counts function evaluations (forward and adjoint solves)."""
+    """The field on a grid as torchdiffeq sees it: counts function evaluations (forward and adjoint solves)
+    into the solve's own statistics dict (returned to the caller, never written onto the net or the field)."""
 
-    def __init__(self, field: nn.Module, stats: dict[str, int]) -> None:
+    def __init__(self, field: nn.Module, grid, stats: dict[str, int]) -> None:
         super().__init__()
         self.field = field
+        self.grid = grid
         self.stats = stats
         self.phase = "forward"
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         key = "nfe" if self.phase == "forward" else "nfe_backward"
         self.stats[key] = self.stats.get(key, 0) + 1
-        return self.field(t, y)
+        return self.field.forward(t, y, self.grid)
 
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -149,26 +151,27 @@ class ContinuousSolver:
     def __repr__(self) -> str:
         return f"ContinuousSolver({self.method!r}, {self.options})"
 
-    def _call(self, net: "HamiltonianNet", y0: Tensor, t: Tensor) -> Tensor:
+    def _call(self, field, schedule: "Schedule", y0: Tensor, t: Tensor, gradient: str) -> tuple[Tensor, dict]:
         tde = _torchdiffeq()
+        grid = schedule.grid
         opts = dict(self.options)
         rtol = opts.pop("rtol", 1e-7)
         atol = opts.pop("atol", 1e-9)
         adjoint_rtol = opts.pop("adjoint_rtol", rtol)
         adjoint_atol = opts.pop("adjoint_atol", atol)
         if self.adaptive:
-            inner = net.grid.boundaries(torch.float64, y0.device)[1:-1]
+            inner = grid.boundaries(torch.float64, y0.device)[1:-1]
             lo, hi = t.min(), t.max()
             jumps = inner[(inner > lo) & (inner < hi)]
             if len(jumps):
                 opts["jump_t"] = jumps
         else:
-            opts["grid_constructor"] = _GridConstructor(net.grid.time_grid(net.substeps, torch.float64, y0.device))
+            opts["grid_constructor"] = _GridConstructor(schedule.times(torch.float64, y0.device))
             opts["perturb"] = True
-        net.stats = {}
-        dynamics = (_AdaptiveDynamics if self.adaptive else _Dynamics)(net.field, net.stats)
-        if net.gradient == "adjoint" and torch.is_grad_enabled():
-            params = tuple(p for p in net.field.parameters() if p.requires_grad)
+        stats: dict[str, int] = {}
+        dynamics = (_AdaptiveDynamics if self.adaptive else _Dynamics)(field, grid, stats)
+        if gradient == "adjoint" and torch.is_grad_enabled():
+            params = tuple(p for p in field.parameters() if p.requires_grad)
             out = tde.odeint_adjoint(
                 dynamics,
                 y0,
@@ -184,15 +187,23 @@ class ContinuousSolver:
         else:
             out = tde.odeint(dynamics, y0, t, rtol=rtol, atol=atol, method=self.method, options=opts)
         dynamics.phase = "backward"
-        return out
+        return out, stats
 
-    def solve(self, net: "HamiltonianNet", y0: Tensor, trajectory: bool) -> Tensor:
-        """States at the layer boundaries (``trajectory``) or at ``[0, T]``."""
-        b = net.grid.boundaries(torch.float64, y0.device)
+    def solve(
+        self, field, schedule: "Schedule", y0: Tensor, trajectory: bool, gradient: str = "backprop"
+    ) -> tuple[Tensor, dict]:
+        """States at the layer boundaries (``trajectory``) or at ``[0, T]``, and the solve's statistics.
+
+        The statistics dict is the solve's own: an adjoint backward adds ``nfe_backward`` to it when it runs.
+        """
+        b = schedule.grid.boundaries(torch.float64, y0.device)
         t = b if trajectory else b[[0, -1]]
-        return self._call(net, y0, t)
+        return self._call(field, schedule, y0, t, gradient)
 
-    def solve_layer(self, net: "HamiltonianNet", j: int, y: Tensor) -> Tensor:
-        """The state at ``t_{j+1}`` from ``y`` at ``t_j`` (one layer alone)."""
-        b = net.grid.boundaries(torch.float64, y.device)
-        return self._call(net, y, b[j : j + 2])[-1]
+    def solve_layer(
+        self, field, schedule: "Schedule", j: int, y: Tensor, gradient: str = "backprop"
+    ) -> tuple[Tensor, dict]:
+        """The state at ``t_{j+1}`` from ``y`` at ``t_j`` (one layer alone), and the statistics."""
+        b = schedule.grid.boundaries(torch.float64, y.device)
+        out, stats = self._call(field, schedule, y, b[j : j + 2], gradient)
+        return out[-1], stats

@@ -106,8 +106,8 @@ def energy_drift(net: HamiltonianNet, y0: Tensor) -> tuple[Tensor, Tensor]:
     if net.continuous:
         times = net.grid.boundaries(torch.float64)
     else:
-        times = net.grid.time_grid(net.substeps, torch.float64)
-    H = torch.stack([net.field.hamiltonian(t.to(y0.dtype), y) for t, y in zip(times, ys)])
+        times = net.schedule.times(torch.float64)
+    H = torch.stack([net.hamiltonian(t.to(y0.dtype), y) for t, y in zip(times, ys)])
     return H, (H - H[0]).abs().amax(0)
 
 
@@ -118,20 +118,23 @@ def sensitivity_upper_bound(net: HamiltonianNet) -> Tensor:
     The product over the steps after boundary j of each step's growth bound: for
     forward Euler ``1 + h S ‖J‖₂ ‖K_k‖₂²`` and for semi-implicit Euler
     ``(1 + h S ‖X‖₂ ‖K_{p,k}‖₂²)(1 + h S ‖X‖₂ ‖K_{q,k}‖₂²)``, with S = sup|σ'|;
-    every hamode integrator states its own (``Integrator.growth_bound``).
+    every hamode integrator states its own (``Integrator.growth_bound``). Each stage's
+    Lipschitz bound is taken at that stage's own time (``Integrator.stage_offsets``, also
+    outside the step for methods with negative coefficients), so the bound holds for weights
+    that change inside a layer (``weights="linear"``).
     """
     if net.continuous:
         raise ValueError("sensitivity_upper_bound needs a hamode integrator, not a torchdiffeq solve")
-    field, step = net.field, net.integrator
+    field, step, schedule = net.field, net.integrator, net.schedule
     table = field.weight_table()
-    dt = net.grid.h / net.substeps
+    offsets = step.stage_offsets
     factors = []
-    for j in range(net.n_layers):
-        f = field.layer(j, table)
-        t0 = net.grid.start(j)
+    for j in range(schedule.n_layers):
+        f = field.layer(j, table, schedule.grid)
         g = torch.ones((), dtype=torch.float64)
-        for s in range(net.substeps):
-            g = g * step.growth_bound(dt, f.lipschitz(t0 + s * dt)).to(torch.float64)
+        for _, t, dt in schedule.layer_steps(j):
+            bounds = [f.lipschitz(t + c * dt) for c in offsets]
+            g = g * step.growth_bound(dt, bounds).to(torch.float64)
         factors.append(g)
     f = torch.stack(factors)
     # bound[j] = prod_{k >= j} factors[k]; bound[N] = 1

@@ -12,23 +12,33 @@ Storage policies:
     reversible: the forward keeps only y(T); the backward rebuilds each state with the exact
         inverse step and recomputes that step's tape: memory O(1) in depth.
 
-Applies to fields with ``supports_fused`` and integrators with ``supports_fused`` for
-piecewise-constant and constant weights; :class:`hamode.HamiltonianNet` falls back to the
-autograd reference (``fast=False``) elsewhere (linear weights, torchdiffeq, autograd fields).
+Applies to fields that provide :class:`hamode.fields.FusedField` and integrators with a fused
+step (every declared splitting and Runge-Kutta method), for piecewise-constant and constant
+weights; :class:`hamode.HamiltonianNet` runs the autograd reference elsewhere (linear weights,
+torchdiffeq, autograd fields) and wherever the fused Function cannot be traced or transformed
+(see :mod:`hamode.engine`).
 """
 
 from __future__ import annotations
 
-import weakref
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from .net import HamiltonianNet
+from .grid import Schedule
+from .integrators import Integrator
 
-__all__ = ["FACTOR_BUDGET_BYTES", "FusedFlow", "FusedOps", "fused_applies", "fused_forward", "reconstruct"]
+__all__ = [
+    "FACTOR_BUDGET_BYTES",
+    "FusedFlow",
+    "FusedOps",
+    "FusedSpec",
+    "fused_applies",
+    "fused_forward",
+    "fused_inverse_flow",
+    "reconstruct",
+]
 
 FACTOR_BUDGET_BYTES = 2**20
 """The backward forms parameter gradients in batches of layers whose recorded factors fit in this
@@ -38,30 +48,29 @@ LARGE_ROWS = 2048
 and stacking would only copy: gradients are then formed one layer at a time, from views."""
 
 
-_VIEWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+@dataclass(frozen=True)
+class FusedSpec:
+    """What one fused pass runs: the field, the integrator and the schedule, fixed at the forward.
+
+    The backward reads only this (never the net), so changing a net's integrator, substeps or
+    gradient mode between a forward and its backward cannot change the gradient of that forward.
+    """
+
+    field: torch.nn.Module
+    integrator: Integrator
+    schedule: Schedule
+    reversible: bool = False
 
 
 def _node_weights(field, fw: dict[str, Tensor]) -> list[dict[str, Tensor]]:
-    """One dict of weights per node, each entry a view into a buffer kept per field across passes.
-
-    Making a view costs about a microsecond, as much as a small layer's products, so the views are
-    made once per field (and dtype, device and shapes) and each pass copies its weights into the
-    buffers, one copy per key. A pass's views thus hold the weights of the latest pass; the weights can
-    only differ between two passes if a parameter changed in place, which the backward refuses.
-    """
-    sig = tuple((k, v.shape, v.dtype, v.device) for k, v in fw.items())
-    entry = _VIEWS.get(field)
-    if entry is None or entry[0] != sig:
-        shared = field.fused_shared_keys
-        bufs = {k: torch.empty(v.shape, dtype=v.dtype, device=v.device) for k, v in fw.items()}
-        per_node = {k: v.unbind(0) for k, v in bufs.items() if k not in shared}
-        common = {k: v for k, v in bufs.items() if k in shared}
-        nodes = [{**common, **{k: v[i] for k, v in per_node.items()}} for i in range(field.n_nodes)]
-        entry = (sig, bufs, nodes)
-        _VIEWS[field] = entry
-    for k, buf in entry[1].items():
-        buf.copy_(fw[k])
-    return entry[2]
+    """One dict of weights per node: views into this pass's fused weights (``unbind``: one call per key)."""
+    shared = field.fused_shared_keys
+    common = {k: v for k, v in fw.items() if k in shared}
+    keys = [k for k in fw if k not in shared]
+    if not keys:
+        return [common] * field.n_nodes
+    columns = [fw[k].unbind(0) for k in keys]
+    return [{**common, **dict(zip(keys, vals))} for vals in zip(*columns)]
 
 
 class FusedOps:
@@ -81,9 +90,9 @@ class FusedOps:
         self.w = nodes * field.n_layers if field.weights == "constant" else nodes
         self.groups: dict[str, list] = {"f": [], "dp": [], "dq": []}
         self.alphas: dict[str, list[float]] = {"f": [], "dp": [], "dq": []}
-        self._fe, self._fv = getattr(field, "_f_eval", None), getattr(field, "_f_vjp", None)
-        self._dpe, self._dpv = getattr(field, "_dp_eval", None), getattr(field, "_dp_vjp", None)
-        self._dqe, self._dqv = getattr(field, "_dq_eval", None), getattr(field, "_dq_vjp", None)
+        self._fe, self._fv = getattr(field, "fused_f", None), getattr(field, "fused_f_vjp", None)
+        self._dpe, self._dpv = getattr(field, "fused_dp", None), getattr(field, "fused_dp_vjp", None)
+        self._dqe, self._dqv = getattr(field, "fused_dq", None), getattr(field, "fused_dq_vjp", None)
         self._gf, self._af = self.groups["f"], self.alphas["f"]
 
     def reset(self) -> None:
@@ -152,14 +161,18 @@ class FusedOps:
                 yield name, factors, a
 
 
-def fused_applies(net: "HamiltonianNet", reversible: bool = False) -> bool:
-    """Whether the fused engine covers this net's field, integrator, weights (and reversibility)."""
-    step = net.integrator
-    if step is None or not (net.field.supports_fused and step.supports_fused):
+def fused_applies(field, integrator: Integrator | None = None, reversible: bool = False) -> bool:
+    """Whether the fused engine covers this field and integrator, its weights (and reversibility).
+
+    ``field`` may also be a :class:`hamode.HamiltonianNet` (its field and integrator are used).
+    """
+    if integrator is None and hasattr(field, "integrator"):
+        field, integrator = field.field, field.integrator
+    if integrator is None or not (field.supports_fused and integrator.supports_fused):
         return False
-    if net.field.weights not in ("piecewise", "constant"):
+    if field.weights not in ("piecewise", "constant"):
         return False
-    return not reversible or step.reversible
+    return not reversible or integrator.reversible
 
 
 def _flatten_tapes(tapes: list[tuple]) -> tuple[list[Tensor], tuple[int, ...]]:
@@ -208,77 +221,111 @@ def _flush(field, ops: FusedOps, fw, table, acc: dict[str, Tensor], lo: int, hi:
     ops.reset()
 
 
-def _split(net, y: Tensor):
-    return net.field.split(y) if net.integrator.needs_separable else y
+def _split(spec: FusedSpec, y: Tensor):
+    return spec.field.split(y) if spec.integrator.needs_separable else y
 
 
-def _join(net, state) -> Tensor:
-    return net.field.join(*state) if net.integrator.needs_separable else state
+def _join(spec: FusedSpec, state) -> Tensor:
+    return spec.field.join(*state) if spec.integrator.needs_separable else state
 
 
-def _run(net: "HamiltonianNet", y: Tensor, ops: FusedOps, tapes: list | None) -> Tensor:
-    step, dt = net.integrator, net.grid.h / net.substeps
-    state = _split(net, y)
-    for j in range(net.n_layers):
-        for _ in range(net.substeps):
-            state, tape = step.fused_step(ops, j, state, dt)
-            if tapes is not None:
-                tapes.append(tape)
-    return _join(net, state)
+def _run(spec: FusedSpec, y: Tensor, ops: FusedOps, tapes: list | None) -> Tensor:
+    step = spec.integrator.fused_step
+    state = _split(spec, y)
+    for j, _, dt in spec.schedule.steps():
+        state, tape = step(ops, j, state, dt)
+        if tapes is not None:
+            tapes.append(tape)
+    return _join(spec, state)
+
+
+def _ops(field) -> FusedOps:
+    return FusedOps(field, field.fused_weights(field.weight_table()))
 
 
 @torch.no_grad()
-def fused_forward(net: "HamiltonianNet", y0: Tensor) -> Tensor:
+def fused_forward(spec: FusedSpec, y0: Tensor) -> Tensor:
     """y(T) without autograd (inference)."""
-    field = net.field
-    ops = FusedOps(field, field.fused_weights(field.weight_table()))
-    return _run(net, y0.reshape(-1, field.dim), ops, None).reshape(y0.shape)
+    dim = spec.field.dim
+    return _run(spec, y0.reshape(-1, dim), _ops(spec.field), None).reshape(y0.shape)
+
+
+@torch.no_grad()
+def fused_inverse_flow(spec: FusedSpec, y_end: Tensor) -> Tensor:
+    """The exact inverse steps from ``y(T)`` back to ``y(0)`` (reversible integrators)."""
+    ops, inverse = _ops(spec.field), spec.integrator.fused_inverse
+    state = _split(spec, y_end.reshape(-1, spec.field.dim))
+    for j, _, dt in spec.schedule.steps(reverse=True):
+        state = inverse(ops, j, state, dt)
+    return _join(spec, state).reshape(y_end.shape)
+
+
+def field_tensors(field) -> tuple[list[Tensor], list[Tensor]]:
+    """The field's parameters and buffers: what a pass reads, and whose in-place change its backward refuses."""
+    return list(field.parameters()), list(field.buffers())
+
+
+def check_versions(field, versions: list[int], what: str) -> None:
+    """Raise if a parameter or buffer of ``field`` changed in place since ``versions`` were taken."""
+    params, buffers = field_tensors(field)
+    now = [t._version for t in (*params, *buffers)]
+    if now != versions:
+        names = [n for n, _ in field.named_parameters()] + [n for n, _ in field.named_buffers()]
+        changed = [n for n, a, b in zip(names, now, versions) if a != b] or ["(the set of tensors)"]
+        raise RuntimeError(
+            f"{', '.join(changed)} of the field {type(field).__name__} was modified in place between the forward and "
+            f"the backward pass of a {what} HamiltonianNet; call backward before changing it"
+        )
 
 
 class FusedFlow(torch.autograd.Function):
-    """``FusedFlow.apply(net, reversible, y0, *field_parameters) -> y(T)``."""
+    """``FusedFlow.apply(spec, y0, *field_parameters) -> y(T)``; the buffers are checked, not differentiated.
+
+    A backward run with ``create_graph=True`` (double backward, gradient penalties, Hessian-vector
+    products) is recomputed on the autograd reference path, whose gradient graph has the second
+    derivatives; the first derivatives agree with the fused ones to rounding.
+    """
 
     @staticmethod
-    def forward(ctx, net: "HamiltonianNet", reversible: bool, y0: Tensor, *params: Tensor) -> Tensor:
-        field = net.field
+    def forward(ctx, spec: FusedSpec, y0: Tensor, *params: Tensor) -> Tensor:
+        field = spec.field
         with torch.no_grad():
-            ops = FusedOps(field, field.fused_weights(field.weight_table()))
-            tapes: list | None = None if reversible else []
-            out = _run(net, y0.reshape(-1, field.dim), ops, tapes)
-        ctx.net, ctx.reversible, ctx.shape, ctx.ops = net, reversible, y0.shape, ops
-        ctx.versions = [p._version for p in params]
+            ops = _ops(field)
+            tapes: list | None = None if spec.reversible else []
+            out = _run(spec, y0.reshape(-1, field.dim), ops, tapes)
+        ctx.spec, ctx.shape, ctx.ops = spec, y0.shape, ops
+        ctx.versions = [t._version for t in (*params, *field.buffers())]
         flat, ctx.tape_widths = _flatten_tapes(tapes or [])
-        ctx.save_for_backward(out, *flat)
+        ctx.save_for_backward(y0, out, *flat)
         return out.reshape(y0.shape)
 
     @staticmethod
     def backward(ctx, g_out: Tensor):
-        net: HamiltonianNet = ctx.net
-        field, step = net.field, net.integrator
-        out, *flat = ctx.saved_tensors
+        spec: FusedSpec = ctx.spec
+        field, step, schedule = spec.field, spec.integrator, spec.schedule
+        y0, out, *flat = ctx.saved_tensors
+        check_versions(field, ctx.versions, "fused")
         params = list(field.parameters())
-        if [p._version for p in params] != ctx.versions:
-            raise RuntimeError(
-                "a parameter of the field was modified in place between the forward and the "
-                "backward pass of a fused HamiltonianNet; call backward before changing it"
-            )
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference path instead
+            from .engine import reference_gradients
+
+            return (None, *reference_gradients(spec, y0, g_out, params))
         with torch.enable_grad():
             table = field.weight_table()  # keeps the graph parameters -> (derived) weights
         ops, fw = ctx.ops, ctx.ops.fw
         ops.reset()
         with torch.no_grad():
-            dt = net.grid.h / net.substeps
-            g = _split(net, g_out.reshape(-1, field.dim))
-            state = _split(net, out) if ctx.reversible else None
+            g = _split(spec, g_out.reshape(-1, field.dim))
+            state = _split(spec, out) if spec.reversible else None
             acc: dict[str, Tensor] = {}
-            chunk, upper = None, net.n_layers  # layers [j, upper) recorded and not yet flushed
+            chunk, upper = None, schedule.n_layers  # layers [j, upper) recorded and not yet flushed
             widths = ctx.tape_widths
             stride = sum(max(w, 1) for w in widths)
-            k = net.n_layers * net.substeps
-            for j in reversed(range(net.n_layers)):
-                for _ in range(net.substeps):
+            k = schedule.n_steps
+            for j in reversed(range(schedule.n_layers)):
+                for _, _, dt in reversed(schedule.layer_steps(j)):
                     k -= 1
-                    if ctx.reversible:
+                    if spec.reversible:
                         state = step.fused_inverse(ops, j, state, dt)
                         tape = step.fused_step(ops, j, state, dt)[1]
                     else:
@@ -290,7 +337,7 @@ class FusedFlow(torch.autograd.Function):
                 if upper - j >= chunk or j == 0:
                     _flush(field, ops, fw, table, acc, j, upper)
                     upper = j
-            g_y0 = _join(net, g).reshape(ctx.shape)
+            g_y0 = _join(spec, g).reshape(ctx.shape)
             grads = acc
         keys = [key for key in grads if table[key].requires_grad]
         wanted = [i for i, p in enumerate(params) if p.requires_grad]
@@ -304,23 +351,15 @@ class FusedFlow(torch.autograd.Function):
             )
             for i, gi in zip(wanted, got):
                 param_grads[i] = gi
-        return (None, None, g_y0, *param_grads)
+        return (None, g_y0, *param_grads)
 
 
-@torch.no_grad()
-def reconstruct(net: "HamiltonianNet", y_end: Tensor) -> Tensor:
+def reconstruct(net, y_end: Tensor) -> Tensor:
     """Run the exact inverse steps from ``y(T)`` back to ``y(0)``: what the reversible backward
     rebuilds. The gap to the true input measures the floating-point drift of the reconstruction."""
-    if not fused_applies(net, reversible=True):
+    if not fused_applies(net.field, net.integrator, reversible=True):
         raise ValueError(
             f"reconstruct needs a reversible integrator with the fused engine; {net.integrator_name!r} "
             f"on {type(net.field).__name__} with weights={net.field.weights!r} is not"
         )
-    field = net.field
-    ops = FusedOps(field, field.fused_weights(field.weight_table()))
-    dt = net.grid.h / net.substeps
-    state = _split(net, y_end.reshape(-1, field.dim))
-    for j in reversed(range(net.n_layers)):
-        for _ in range(net.substeps):
-            state = net.integrator.fused_inverse(ops, j, state, dt)
-    return _join(net, state).reshape(y_end.shape)
+    return fused_inverse_flow(FusedSpec(net.field, net.integrator, net.schedule, True), y_end)

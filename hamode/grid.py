@@ -1,4 +1,4 @@
-"""The layer grid: N layers of equal length h on [0, T]."""
+"""The layer grid (N layers of equal length h on [0, T]) and the schedule of steps every engine walks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["LayerGrid"]
+__all__ = ["LayerGrid", "Schedule"]
 
 
 class LayerGrid:
@@ -74,3 +74,66 @@ class LayerGrid:
             t = torch.tensor(float(t), dtype=torch.float64)
         inner = self.boundaries(t.dtype, t.device)[1:-1]
         return torch.searchsorted(inner, t.detach().contiguous(), right=True)
+
+
+class Schedule:
+    """The walk every engine takes: for layer j = 0..N-1, ``substeps`` steps of size ``h / substeps``.
+
+    Immutable once built. :meth:`steps` yields ``(j, t, dt)`` for each step, ``t`` its start
+    time; :meth:`layer_steps` the steps of one layer. A step never crosses a layer boundary.
+
+    Args:
+        grid: the layer grid.
+        substeps: steps per layer (>= 1).
+    """
+
+    __slots__ = ("dt", "grid", "substeps")
+
+    def __init__(self, grid: LayerGrid, substeps: int = 1) -> None:
+        from .validation import check_int
+
+        if not isinstance(grid, LayerGrid):
+            raise TypeError(f"grid must be a LayerGrid, got {type(grid).__name__}")
+        object.__setattr__(self, "grid", grid)
+        object.__setattr__(self, "substeps", check_int("substeps", substeps, 1))
+        object.__setattr__(self, "dt", grid.h / substeps)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("a Schedule is immutable: build a new one")
+
+    def __repr__(self) -> str:
+        return f"Schedule(n_layers={self.n_layers}, t_end={self.grid.t_end}, substeps={self.substeps})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Schedule) and (self.grid.n_layers, self.grid.t_end, self.substeps) == (
+            other.grid.n_layers,
+            other.grid.t_end,
+            other.substeps,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.grid.n_layers, self.grid.t_end, self.substeps))
+
+    @property
+    def n_layers(self) -> int:
+        return self.grid.n_layers
+
+    @property
+    def n_steps(self) -> int:
+        return self.grid.n_layers * self.substeps
+
+    def layer_steps(self, j: int) -> list[tuple[int, float, float]]:
+        """``(j, t, dt)`` for the substeps of layer j, in order."""
+        t0, dt = self.grid.start(j), self.dt
+        return [(j, t0 + s * dt, dt) for s in range(self.substeps)]
+
+    def steps(self, reverse: bool = False):
+        """``(j, t, dt)`` for every step, forwards (or backwards with ``reverse``)."""
+        layers = reversed(range(self.n_layers)) if reverse else range(self.n_layers)
+        for j in layers:
+            steps = self.layer_steps(j)
+            yield from (reversed(steps) if reverse else steps)
+
+    def times(self, dtype=torch.float64, device=None) -> Tensor:
+        """The ``n_steps + 1`` step boundaries (every ``substeps``-th one a layer boundary, bit-exact)."""
+        return self.grid.time_grid(self.substeps, dtype, device)

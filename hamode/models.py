@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from .architectures import make_field
-from .fields.base import _check_int
 from .net import HamiltonianNet
+from .validation import check_int
 
 __all__ = ["MNISTHDNN", "Toy2DClassifier", "build_net", "resolve_t_end"]
 
@@ -85,7 +85,7 @@ class Toy2DClassifier(nn.Module):
         head: str = "logit",
     ) -> None:
         super().__init__()
-        _check_int("dim", dim, 2)
+        check_int("dim", dim, 2)
         positions = [0, 1] if positions is None else list(positions)
         if len(positions) != 2 or len(set(positions)) != 2 or not all(0 <= p < dim for p in positions):
             raise ValueError(f"positions must be two distinct indices in [0, {dim}), got {positions!r}")
@@ -152,8 +152,8 @@ class MNISTHDNN(nn.Module):
         solver_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        _check_int("channels", channels, 1)
-        _check_int("n_layers", n_layers, 0)
+        check_int("channels", channels, 1)
+        check_int("n_layers", n_layers, 0)
         self.conv = nn.Conv2d(1, channels, kernel_size=3, padding=1)
         self.net = None
         if n_layers > 0:

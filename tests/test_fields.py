@@ -30,16 +30,16 @@ def _autograd_rhs(layer, t, y):
 @pytest.mark.parametrize("arch", hamode.list_architectures())
 def test_rhs_equals_J_grad_H(arch, activation, weights):
     field = hamode.make_field(arch, dim=6, n_layers=3, activation=activation, weights=weights, init="normal", dtype=F64)
-    hamode.HamiltonianNet(field, t_end=1.5)
+    grid = hamode.HamiltonianNet(field, t_end=1.5).grid
     y = torch.randn(4, 6, dtype=F64)
     for j in range(3):
-        t = field.grid.start(j) + 0.23
-        layer = field.layer(j)
+        t = grid.start(j) + 0.23
+        layer = field.layer(j, grid=grid)
         assert torch.allclose(layer(t, y), _autograd_rhs(layer, t, y), atol=1e-12, rtol=1e-10)
         J = layer.structure(t)
         assert torch.allclose(J, -J.mT, atol=1e-12)
         # the continuous interface looks the layer up from t
-        assert torch.allclose(field(torch.tensor(t, dtype=F64), y), layer(t, y), atol=0, rtol=0)
+        assert torch.allclose(field(torch.tensor(t, dtype=F64), y, grid), layer(t, y), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("arch", hamode.list_architectures())

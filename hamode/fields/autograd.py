@@ -74,7 +74,10 @@ class AutogradHamiltonianField(Field):
         return g
 
     # LayerRHS passes the weights dict; the user's H gets the time instead.
-    def layer(self, j, table=None):
+    def layer(self, j, table=None, grid=None):
+        return _AutogradLayer(self, j, {"J": self.J_matrix})
+
+    def layer_from_local(self, j, local, grid=None):
         return _AutogradLayer(self, j, {"J": self.J_matrix})
 
     def _structure(self, w: dict[str, Tensor]) -> Tensor:

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from ..activations import Activation, get_activation
 from ..grid import LayerGrid
+from ..validation import check_int
 
-__all__ = ["INITS", "WEIGHT_PATHS", "Field", "LayerRHS"]
+__all__ = ["INITS", "WEIGHT_PATHS", "Field", "FusedField", "LayerRHS", "fused_methods_missing"]
 
 WEIGHT_PATHS = ("piecewise", "constant", "linear")
 INITS = ("default", "normal")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 class Field(nn.Module):
@@ -58,14 +51,13 @@ class Field(nn.Module):
         weights: str = "piecewise",
     ) -> None:
         super().__init__()
-        self.dim = _check_int("dim", dim, 1)
-        self.n_layers = _check_int("n_layers", n_layers, 1)
+        self.dim = check_int("dim", dim, 1)
+        self.n_layers = check_int("n_layers", n_layers, 1)
         self.activation = get_activation(activation)
         if weights not in WEIGHT_PATHS:
             raise ValueError(f"weights must be one of {', '.join(WEIGHT_PATHS)}; got {weights!r}")
         self.weights = weights
         self.n_nodes = {"piecewise": n_layers, "constant": 1, "linear": n_layers + 1}[weights]
-        self.grid: LayerGrid | None = None
         self._stacked_names: list[str] = []
 
     # ---------------------------------------------------------------- parameters
@@ -126,12 +118,17 @@ class Field(nn.Module):
             return 0, 1
         return j, j + 2
 
-    def layer(self, j: int | Tensor, table: dict[str, Tensor] | None = None) -> "LayerRHS":
+    def layer(
+        self, j: int | Tensor, table: dict[str, Tensor] | None = None, grid: LayerGrid | None = None
+    ) -> "LayerRHS":
         """The right-hand side frozen at layer ``j`` (views into the stacked weights, no copies).
 
         Args:
             j: layer index in ``[0, n_layers)`` (an int, or a 0-dim integer tensor).
             table: a :meth:`weight_table` computed earlier in the same pass (optional).
+            grid: the layer grid of the net evaluating it; needed to evaluate at a time t when the
+                weights change inside a layer (``weights="linear"``). The field keeps no grid of its own, so
+                one field can serve several nets with different final times.
         """
         if table is None:
             table = self.weight_table()
@@ -148,19 +145,11 @@ class Field(nn.Module):
                 raise IndexError(f"layer index j must be in [0, {self.n_layers}), got {j}")
             lo, hi = self.node_range(j)
             local = {k: (v[lo:hi] if k in self.stacked_keys else v) for k, v in table.items()}
-        return LayerRHS(self, j, local)
+        return LayerRHS(self, j, local, grid)
 
-    def layer_from_local(self, j: int, local: dict[str, Tensor]) -> "LayerRHS":
+    def layer_from_local(self, j: int, local: dict[str, Tensor], grid: LayerGrid | None = None) -> "LayerRHS":
         """A :class:`LayerRHS` from weights already sliced with :meth:`node_range` (used by gradient engines)."""
-        return LayerRHS(self, j, local)
-
-    def _require_grid(self) -> LayerGrid:
-        if self.grid is None:
-            raise RuntimeError(
-                f"{type(self).__name__} has no time grid yet: wrap it in HamiltonianNet(field, t_end=...) "
-                "before evaluating it as a function of t"
-            )
-        return self.grid
+        return LayerRHS(self, j, local, grid)
 
     def check_state(self, y: Any, name: str = "y") -> None:
         """Raise a clear error if ``y`` is not a state this field accepts."""
@@ -180,19 +169,23 @@ class Field(nn.Module):
             )
 
     # ---------------------------------------------------------------- continuous-time interface
-    def forward(self, t: Tensor | float, y: Tensor) -> Tensor:
-        """The continuous right-hand side ``f(t, y)``; the layer is looked up from ``t`` on the grid."""
-        grid = self._require_grid()
-        if not isinstance(t, Tensor):
-            t = torch.tensor(float(t), dtype=y.dtype, device=y.device)
-        return self.layer(grid.layer_of(t))(t, y)
+    def forward(self, t: Tensor | float, y: Tensor, grid: LayerGrid | None = None) -> Tensor:
+        """The continuous right-hand side ``f(t, y)``; the layer is looked up from ``t`` on ``grid``.
 
-    def hamiltonian(self, t: Tensor | float, y: Tensor) -> Tensor:
-        """The energy ``H(t, y)`` per sample (shape ``y.shape[:-1]``)."""
-        grid = self._require_grid()
+        A field has no time grid of its own (a net owns it): pass ``grid=net.grid``, or call
+        ``net.rhs(t, y)``.
+        """
+        grid = _need_grid(self, grid, "forward(t, y)")
         if not isinstance(t, Tensor):
             t = torch.tensor(float(t), dtype=y.dtype, device=y.device)
-        return self.layer(grid.layer_of(t)).hamiltonian(t, y)
+        return self.layer(grid.layer_of(t), grid=grid)(t, y)
+
+    def hamiltonian(self, t: Tensor | float, y: Tensor, grid: LayerGrid | None = None) -> Tensor:
+        """The energy ``H(t, y)`` per sample (shape ``y.shape[:-1]``), the layer looked up from ``t`` on ``grid``."""
+        grid = _need_grid(self, grid, "hamiltonian(t, y)")
+        if not isinstance(t, Tensor):
+            t = torch.tensor(float(t), dtype=y.dtype, device=y.device)
+        return self.layer(grid.layer_of(t), grid=grid).hamiltonian(t, y)
 
     @property
     def J(self) -> Tensor:
@@ -213,19 +206,20 @@ class Field(nn.Module):
         raise NotImplementedError
 
     # ---------------------------------------------------------------- fused gradient engine (optional)
-    # A field that supports hamode.fused implements, without autograd:
-    #   fused_weights(table) -> dict of per-node tensors (products for all layers at once, e.g. K Jᵀ,
-    #       and transposes); keys in fused_shared_keys are shared by all layers
-    #   non-separable:  _f_eval(w, y, alpha, base) -> (base + alpha f(y), ctx), w: one layer's weights
-    #                   _f_vjp(w, y, ctx, c, alpha, base) -> (base + alpha (∂f/∂y)ᵀ c, factors)
-    #       (factors unscaled: the engine applies each evaluation's alpha when it stacks them)
-    #   separable:      _dp_eval/_dp_vjp on q and _dq_eval/_dq_vjp on p, same signatures
-    #   fused_group_grads(name, fw, table, factors, a) -> {table key: gradient} for one half-field
-    #       name in ("f",) or ("dp", "dq"); factors stacked over nodes as (nodes, B, ·), one evaluation
-    #       per node; a the evaluations' alphas: a float, or a (nodes, 1, 1) tensor
-    # ``supports_fused`` says whether all of it is there.
+    # The contract is FusedField (below); ``supports_fused`` is derived from it when the class is created.
     supports_fused: ClassVar[bool] = False
     fused_shared_keys: ClassVar[tuple[str, ...]] = ("J", "X")
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        missing = fused_methods_missing(cls)
+        declared = cls.__dict__.get("supports_fused")
+        if declared is True and missing:
+            raise TypeError(
+                f"{cls.__name__} sets supports_fused = True but lacks the fused methods {', '.join(missing)} "
+                "(see hamode.fields.FusedField)"
+            )
+        cls.supports_fused = not missing if declared is None else bool(declared)
 
     def _lipschitz(self, w: dict[str, Tensor]) -> dict[str, Tensor]:
         """Bounds on ‖∂f/∂y‖₂ (``"full"``) and, if separable, ‖∂(dp/dt)/∂q‖₂ (``"dp"``), ‖∂(dq/dt)/∂p‖₂ (``"dq"``)."""
@@ -294,20 +288,20 @@ class SeparableMixin:
         p, q = self.split(y)
         return self.join(self._dp(w, q), self._dq(w, p))
 
-    # fused engine: the full field from the two half-fields (for euler, rk4, midpoint on separable fields)
-    def _f_eval(self, w, y, alpha=1.0, base=None):
+    # fused engine: the full field from the two half-fields (for the Runge-Kutta rules on separable fields)
+    def fused_f(self, w, y, alpha=1.0, base=None):
         p, q = self.split(y)
         bp, bq = self.split(base) if base is not None else (None, None)
-        kp, sq = self._dp_eval(w, q, alpha, bp)
-        kq, sp = self._dq_eval(w, p, alpha, bq)
+        kp, sq = self.fused_dp(w, q, alpha, bp)
+        kq, sp = self.fused_dq(w, p, alpha, bq)
         return self.join(kp, kq), (sq, sp)
 
-    def _f_vjp(self, w, y, ctx, c, alpha=1.0, base=None):
+    def fused_f_vjp(self, w, y, ctx, c, alpha=1.0, base=None):
         p, q = self.split(y)
         cp, cq = self.split(c)
         bp, bq = self.split(base) if base is not None else (None, None)
-        gq, fq = self._dp_vjp(w, q, ctx[0], cp, alpha, bq)
-        gp, fp = self._dq_vjp(w, p, ctx[1], cq, alpha, bp)
+        gq, fq = self.fused_dp_vjp(w, q, ctx[0], cp, alpha, bq)
+        gp, fp = self.fused_dq_vjp(w, p, ctx[1], cq, alpha, bp)
         return self.join(gp, gq), {"dp": fq, "dq": fp}
 
 
@@ -321,19 +315,20 @@ class LayerRHS:
 
     __slots__ = ("_fixed", "_inv_h", "_t0", "field", "j", "local")
 
-    def __init__(self, field: Field, j: int | Tensor, local: dict[str, Tensor]) -> None:
+    def __init__(self, field: Field, j: int | Tensor, local: dict[str, Tensor], grid: LayerGrid | None = None) -> None:
         self.field = field
         self.j = j
         self.local = local
         stacked = field.stacked_keys
+        self._t0 = self._inv_h = None
         if field.weights == "linear":
-            grid = field._require_grid()
             self._fixed = None
-            self._inv_h = 1.0 / grid.h
-            if isinstance(j, Tensor):
-                self._t0 = grid.boundaries(torch.float64, j.device)[j]
-            else:
-                self._t0 = grid.start(j)
+            if grid is not None:
+                self._inv_h = 1.0 / grid.h
+                if isinstance(j, Tensor):
+                    self._t0 = grid.boundaries(torch.float64, j.device)[j]
+                else:
+                    self._t0 = grid.start(j)
         else:
             self._fixed = {k: (v[0] if k in stacked else v) for k, v in local.items()}
 
@@ -341,7 +336,17 @@ class LayerRHS:
         """This layer's weights at time t."""
         if self._fixed is not None:
             return self._fixed
-        s = (t - self._t0) * self._inv_h
+        if self._t0 is None:
+            raise RuntimeError(
+                f"{type(self.field).__name__} has weights='linear': evaluating layer {self.j} at a time t needs the "
+                "net's grid (field.layer(j, grid=net.grid))"
+            )
+        return self.weights_at_fraction((t - self._t0) * self._inv_h)
+
+    def weights_at_fraction(self, s: Tensor | float) -> dict[str, Tensor]:
+        """The weights a fraction ``s`` into the layer (0: its start, 1: its end; linear weights only differ)."""
+        if self._fixed is not None:
+            return self._fixed
         if isinstance(s, Tensor):
             s = s.to(next(iter(self.local.values())).dtype)
         stacked = self.field.stacked_keys
@@ -379,4 +384,52 @@ class LayerRHS:
     @property
     def J(self) -> Tensor:
         """This layer's structure matrix (n, n) (at the layer start for linear weights)."""
-        return self.structure(self._t0 if self._fixed is None else 0.0)
+        return self.field._structure(self.weights_at_fraction(0.0))
+
+
+def _need_grid(field: Field, grid: LayerGrid | None, what: str) -> LayerGrid:
+    if grid is None:
+        raise TypeError(
+            f"{type(field).__name__}.{what} looks the layer up from t and needs the layer grid: pass grid=net.grid "
+            "(a field keeps no grid of its own), or call net.rhs(t, y) / net.hamiltonian(t, y)"
+        )
+    if not isinstance(grid, LayerGrid):
+        raise TypeError(f"grid must be a hamode.LayerGrid, got {type(grid).__name__}")
+    if grid.n_layers != field.n_layers:
+        raise ValueError(f"grid has {grid.n_layers} layers but the field has n_layers={field.n_layers}")
+    return grid
+
+
+FUSED_COMMON = ("fused_weights", "fused_group_grads")
+FUSED_FULL = ("fused_f", "fused_f_vjp")
+FUSED_HALVES = ("fused_dp", "fused_dp_vjp", "fused_dq", "fused_dq_vjp")
+
+
+def fused_methods_missing(cls: type) -> list[str]:
+    """The methods of :class:`FusedField` that a field class lacks (empty: the fused engine covers it)."""
+    needed = FUSED_COMMON + (FUSED_HALVES if getattr(cls, "separable", False) else FUSED_FULL)
+    return [name for name in needed if not callable(getattr(cls, name, None))]
+
+
+@runtime_checkable
+class FusedField(Protocol):
+    """What a field provides for the fused engine (:mod:`hamode.fused`); all without autograd.
+
+    ``w`` is one layer's dict from :meth:`fused_weights`; ``alpha`` and ``base`` fuse the step's
+    update: an evaluation returns ``base + alpha f(y)`` (``alpha f(y)`` without a base) and a
+    context, a VJP returns ``base + alpha (∂f/∂y)ᵀ c`` and its parameter *factors* (unscaled: the
+    engine applies each evaluation's alpha when it stacks them). Non-separable fields provide
+    ``fused_f``/``fused_f_vjp``; separable ones ``fused_dp``/``fused_dp_vjp`` (on q) and
+    ``fused_dq``/``fused_dq_vjp`` (on p), the full field then following from the halves.
+    ``Field.supports_fused`` is True exactly when a class has all of its kind's methods; a field
+    without them runs on the autograd reference path.
+    """
+
+    def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-node tensors (products for all layers at once, e.g. ``K Jᵀ``); ``fused_shared_keys`` are shared."""
+        ...
+
+    def fused_group_grads(self, name: str, fw: dict[str, Tensor], table: dict[str, Tensor], factors, a) -> dict:
+        """``{table key: gradient}`` for half-field ``name`` (``"f"``, ``"dp"`` or ``"dq"``) from factors stacked
+        over nodes as ``(nodes, B, ·)``, one evaluation per node; ``a`` the alphas (float or ``(nodes, 1, 1)``)."""
+        ...

@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from ..activations import Activation
 from ..architectures import register_architecture
-from .base import Field, _check_int, mm_out, wdot, wsum
+from ..validation import check_int
+from .base import Field, mm_out, wdot, wsum
 from .structure import check_skew, j1, j2
 
 __all__ = ["H1Field"]
@@ -51,7 +52,7 @@ class H1Field(Field):
     ) -> None:
         super().__init__(dim, n_layers, activation, weights)
         factory = {"dtype": dtype, "device": device}
-        m = dim if width is None else _check_int("width", width, 1)
+        m = dim if width is None else check_int("width", width, 1)
         self.width = m
         self._stacked("K", (m, dim), dim, init, factory)
         self._stacked("b", (m,), None, init, factory)
@@ -87,21 +88,19 @@ class H1Field(Field):
         return w["J"]
 
     # fused engine: f(y) = σ(y Kᵀ + b) (K Jᵀ), with K Jᵀ precomputed for all layers
-    supports_fused = True
-
     def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
         K, J = table["K"], table["J"]
         KJ = torch.matmul(K, J.mT)
         return {"K": K, "Kt": K.mT, "b": table["b"], "J": J, "KJ": KJ, "KJt": KJ.mT}
 
-    def _f_eval(self, w, y, alpha=1.0, base=None):
+    def fused_f(self, w, y, alpha=1.0, base=None):
         s = self.activation.sigma_(torch.mm(y, w["Kt"]).add_(w["b"]))
         out = torch.mm(s, w["KJ"])
         if base is None:
             return (out if alpha == 1.0 else out.mul_(alpha)), s
         return torch.add(base, out, alpha=alpha), s
 
-    def _f_vjp(self, w, y, s, c, alpha=1.0, base=None):
+    def fused_f_vjp(self, w, y, s, c, alpha=1.0, base=None):
         gz = self.activation.backprop_through_output(torch.mm(c, w["KJt"]), s)
         return mm_out(gz, w["K"], alpha, base), (s, c, gz, y)
 

@@ -72,24 +72,22 @@ class MS1Field(SeparableMixin, Field):
         return torch.cat([torch.cat([zero, K0inv.mT], 1), torch.cat([-K0inv, zero], 1)], 0)
 
     # fused engine
-    supports_fused = True
-
     def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"K0": table["K0"], "K0t": table["K0"].mT, "b1": table["b1"], "b2": table["b2"]}
 
-    def _dp_eval(self, w, q, alpha=1.0, base=None):  # -σ(y K0 + b1)
+    def fused_dp(self, w, q, alpha=1.0, base=None):  # -σ(y K0 + b1)
         s = affine_act(self.activation, q, w["K0"], w["b1"])
         return axpy(base, s, -alpha), s
 
-    def _dp_vjp(self, w, q, s, c, alpha=1.0, base=None):  # factor gz is for +σ: dp = -σ flips the sign
+    def fused_dp_vjp(self, w, q, s, c, alpha=1.0, base=None):  # factor gz is for +σ: dp = -σ flips the sign
         gz = self.activation.backprop_through_output(c.clone(), s)  # c belongs to the caller
         return mm_out(gz, w["K0t"], -alpha, base), (gz, q)
 
-    def _dq_eval(self, w, p, alpha=1.0, base=None):  # σ(z K0ᵀ + b2)
+    def fused_dq(self, w, p, alpha=1.0, base=None):  # σ(z K0ᵀ + b2)
         s = affine_act(self.activation, p, w["K0t"], w["b2"])
         return axpy(base, s, alpha), s
 
-    def _dq_vjp(self, w, p, s, c, alpha=1.0, base=None):
+    def fused_dq_vjp(self, w, p, s, c, alpha=1.0, base=None):
         gz = self.activation.backprop_through_output(c.clone(), s)  # c belongs to the caller
         return mm_out(gz, w["K0"], alpha, base), (gz, p)
 
@@ -164,16 +162,14 @@ class MS2Field(Field):
         return torch.linalg.inv(w["K"].mT)
 
     # fused engine
-    supports_fused = True
-
     def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"K": table["K"], "Kt": table["K"].mT, "b": table["b"]}
 
-    def _f_eval(self, w, y, alpha=1.0, base=None):
+    def fused_f(self, w, y, alpha=1.0, base=None):
         s = affine_act(self.activation, y, w["Kt"], w["b"])
         return axpy(base, s, alpha), s
 
-    def _f_vjp(self, w, y, s, c, alpha=1.0, base=None):
+    def fused_f_vjp(self, w, y, s, c, alpha=1.0, base=None):
         gz = self.activation.backprop_through_output(c.clone(), s)  # c belongs to the caller
         return mm_out(gz, w["K"], alpha, base), (gz, y)
 

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from ..activations import Activation
 from ..architectures import register_architecture
-from .base import Field, SeparableMixin, _check_int, affine_act, mm_out, wdot, wsum
+from ..validation import check_int
+from .base import Field, SeparableMixin, affine_act, mm_out, wdot, wsum
 
 __all__ = ["MS3Field", "SeparableField", "SparseSeparableField"]
 
@@ -57,7 +58,7 @@ class SeparableField(SeparableMixin, Field):
         super().__init__(dim, n_layers, activation, weights)
         factory = {"dtype": dtype, "device": device}
         self.half = half
-        self.width = half if width is None else _check_int("width", width, 1)
+        self.width = half if width is None else check_int("width", width, 1)
         self._init_weights(init, factory)
         self.learnable_X = False
         if X is None:
@@ -109,8 +110,6 @@ class SeparableField(SeparableMixin, Field):
         return torch.cat([torch.cat([zero, -X.mT], 1), torch.cat([X, zero], 1)], 0)
 
     # fused engine: dp/dt = σ(q K_qᵀ + b_q)(-K_q X), dq/dt = σ(p K_pᵀ + b_p)(K_p Xᵀ), products precomputed
-    supports_fused = True
-
     def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
         X, Kp, Kq = table["X"], table["Kp"], table["Kq"]
         KqX, KpX = -torch.matmul(Kq, X), torch.matmul(Kp, X.mT)
@@ -136,16 +135,16 @@ class SeparableField(SeparableMixin, Field):
         gz = self.activation.backprop_through_output(torch.mm(c, KXt), s)
         return mm_out(gz, K, alpha, base), (s, c, gz, x)
 
-    def _dp_eval(self, w, q, alpha=1.0, base=None):
+    def fused_dp(self, w, q, alpha=1.0, base=None):
         return self._half_eval(w["Kqt"], w["bq"], w["KqX"], q, alpha, base)
 
-    def _dp_vjp(self, w, q, s, c, alpha=1.0, base=None):
+    def fused_dp_vjp(self, w, q, s, c, alpha=1.0, base=None):
         return self._half_vjp(w["Kq"], w["KqXt"], q, s, c, alpha, base)
 
-    def _dq_eval(self, w, p, alpha=1.0, base=None):
+    def fused_dq(self, w, p, alpha=1.0, base=None):
         return self._half_eval(w["Kpt"], w["bp"], w["KpX"], p, alpha, base)
 
-    def _dq_vjp(self, w, p, s, c, alpha=1.0, base=None):
+    def fused_dq_vjp(self, w, p, s, c, alpha=1.0, base=None):
         return self._half_vjp(w["Kp"], w["KpXt"], p, s, c, alpha, base)
 
     def fused_group_grads(self, name, fw, table, factors, a):

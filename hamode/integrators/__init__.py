@@ -1,22 +1,36 @@
 """Step rules and their registry.
 
-One small module per family; a new rule is one class with ``@register_integrator``.
+A rule is one declaration: a :class:`SplittingMethod` (kick/drift coefficients, separable
+fields) or a :class:`RungeKutta` (a Butcher tableau, any field), registered with
+``@register_integrator``. A hand-written :class:`Integrator` subclass with only a ``step``
+runs on the autograd reference path.
 """
 
-from .base import Integrator, get_integrator, list_integrators, register_integrator
-from .explicit import RK4, Euler, Midpoint
-from .symplectic import Leapfrog, SymplecticEuler, SymplecticEulerQP, Yoshida4
+from .base import Integrator, get_integrator, list_integrators, register_integrator, unregister_integrator
+from .explicit import RK4, RK38, Euler, Heun, Midpoint
+from .runge_kutta import RungeKutta
+from .splitting import SplittingMethod, compose
+from .symplectic import BlanesMoan4, Leapfrog, Suzuki4, SymplecticEuler, SymplecticEulerQP, Yoshida4, Yoshida6
 
 __all__ = [
     "RK4",
+    "RK38",
+    "BlanesMoan4",
     "Euler",
+    "Heun",
     "Integrator",
     "Leapfrog",
     "Midpoint",
+    "RungeKutta",
+    "SplittingMethod",
+    "Suzuki4",
     "SymplecticEuler",
     "SymplecticEulerQP",
     "Yoshida4",
+    "Yoshida6",
+    "compose",
     "get_integrator",
     "list_integrators",
     "register_integrator",
+    "unregister_integrator",
 ]

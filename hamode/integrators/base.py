@@ -1,8 +1,16 @@
-"""The integrator interface and the public registry."""
+"""The integrator interface and the public registry.
+
+An integrator is a stateless one-step rule. hamode's own rules are *declarations*: a
+:class:`~hamode.integrators.SplittingMethod` (a kick/drift coefficient sequence) or a
+:class:`~hamode.integrators.RungeKutta` (a Butcher tableau). Those classes derive
+everything a gradient engine needs from the declaration; a hand-written rule only has
+to provide :meth:`Integrator.step` and runs on the autograd reference path.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import abc
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar, TypeVar
 
 from torch import Tensor
@@ -13,21 +21,28 @@ _REGISTRY: dict[str, type["Integrator"]] = {}
 
 T = TypeVar("T", bound=type["Integrator"])
 
+Bounds = Mapping[str, Tensor]
+"""Lipschitz bounds of one layer's field at one time: ``"full"`` (‖∂f/∂y‖₂) and, for separable fields,
+``"dp"`` (‖∂(dp/dt)/∂q‖₂) and ``"dq"`` (‖∂(dq/dt)/∂p‖₂)."""
 
-class Integrator:
+
+class Integrator(abc.ABC):
     """A stateless one-step rule ``y_{k+1} = step(f, t_k, y_k, dt)``.
 
     ``f`` is one layer's right-hand side (a :class:`hamode.fields.LayerRHS`): every
     stage of a step evaluates the same layer's weights, whatever time the stage is at.
     Separable-only rules use ``f.split``, ``f.dp``, ``f.dq`` and ``f.join``.
 
-    Class attributes:
-        name: registry name.
+    Class attributes (stated on the class, read by the engines and the generic tests):
+        name: registry name (set by :func:`register_integrator`).
         order: global order of accuracy.
         symplectic: the step map preserves ``J`` for a Hamiltonian field with constant J.
         reversible: :meth:`inverse_step` recovers ``y_k`` from ``y_{k+1}`` exactly (closed form).
         needs_separable: the rule needs ``dp/dt = a(q)``, ``dq/dt = b(p)``.
         evaluations: right-hand-side evaluations per step (a half-field counts 1/2).
+        stage_offsets: the times at which a step evaluates the field, as multiples of ``dt`` after the
+            step's start (they may lie outside ``[0, 1]`` for methods with negative coefficients).
+        supports_fused: derived: the class provides :meth:`fused_step` and :meth:`fused_vjp`.
     """
 
     name: ClassVar[str] = ""
@@ -36,10 +51,16 @@ class Integrator:
     reversible: ClassVar[bool] = False
     needs_separable: ClassVar[bool] = False
     evaluations: ClassVar[float] = 1.0
+    stage_offsets: ClassVar[tuple[float, ...]] = (0.0,)
+    supports_fused: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.supports_fused = cls.fused_step is not Integrator.fused_step and cls.fused_vjp is not Integrator.fused_vjp
+
+    @abc.abstractmethod
     def step(self, f, t: float | Tensor, y: Tensor, dt: float) -> Tensor:
         """One step of size ``dt`` from ``(t, y)``."""
-        raise NotImplementedError
 
     def inverse_step(self, f, t: float | Tensor, y_next: Tensor, dt: float) -> Tensor:
         """The exact inverse of :meth:`step` from ``(t, y)``: returns ``y`` given ``y_next``."""
@@ -49,27 +70,38 @@ class Integrator:
     # ``ops`` is a hamode.fused.FusedOps: ops.f(j, y, alpha, base) -> (base + alpha f(y), ctx) and
     # ops.f_vjp(j, y, ctx, c, alpha, base) -> base + alpha (∂f/∂y)ᵀ c (separable: ops.dp/dq on q/p). Separable rules
     # get the state as a (p, q) tuple. The tape is a flat tuple of tensors of fixed length.
-    supports_fused: ClassVar[bool] = False
-
     def fused_step(self, ops, j: int, state, dt: float):
         """One step without autograd; returns ``(next_state, tape)``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"integrator {self.name!r} has no fused step")
 
     def fused_vjp(self, ops, j: int, tape: tuple, g, dt: float):
         """Cotangent of the step's input from the cotangent ``g`` of its output (and the tape)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"integrator {self.name!r} has no fused step")
 
     def fused_inverse(self, ops, j: int, state, dt: float):
         """The exact inverse step, without autograd (reversible rules)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"integrator {self.name!r} is not reversible")
 
-    def growth_bound(self, dt: float, bounds: dict[str, Tensor]) -> Tensor:
+    def growth_bound(self, dt: float, bounds: Bounds | Sequence[Bounds]) -> Tensor:
         """An upper bound on the spectral norm of one step's Jacobian ``∂y_{k+1}/∂y_k``.
 
-        ``bounds`` holds Lipschitz bounds of the layer's field: ``"full"`` (‖∂f/∂y‖₂) and,
-        for separable fields, ``"dp"`` (‖∂(dp/dt)/∂q‖₂) and ``"dq"`` (‖∂(dq/dt)/∂p‖₂).
+        Args:
+            dt: the step size.
+            bounds: the layer's Lipschitz bounds (see :data:`Bounds`), either one mapping valid for every
+                stage or one per entry of :attr:`stage_offsets` (the bounds at each stage's own time).
         """
         raise NotImplementedError(f"integrator {self.name!r} states no growth bound")
+
+    def _stage_bounds(self, bounds: Bounds | Sequence[Bounds]) -> list[Bounds]:
+        if isinstance(bounds, Mapping):
+            return [bounds] * len(self.stage_offsets)
+        bounds = list(bounds)
+        if len(bounds) != len(self.stage_offsets):
+            raise ValueError(
+                f"{self.name or type(self).__name__} evaluates the field at {len(self.stage_offsets)} stage times; "
+                f"got {len(bounds)} bounds"
+            )
+        return bounds
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -77,12 +109,16 @@ class Integrator:
 
 def register_integrator(name: str) -> Callable[[T], T]:
     """Class decorator: register an :class:`Integrator` subclass under ``name``."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"an integrator name must be a non-empty string without ':', got {name!r}")
 
     def deco(cls: T) -> T:
         if not (isinstance(cls, type) and issubclass(cls, Integrator)):
             raise TypeError(f"register_integrator({name!r}) decorates Integrator subclasses, got {cls!r}")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"an integrator named {name!r} is already registered ({_REGISTRY[name].__name__})")
+        if not isinstance(getattr(cls, "order", None), int) or cls.order < 1:
+            raise TypeError(f"integrator {name!r} must state its order as an int >= 1 (class attribute 'order')")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -90,13 +126,20 @@ def register_integrator(name: str) -> Callable[[T], T]:
     return deco
 
 
+def unregister_integrator(name: str) -> None:
+    """Remove a registered integrator (for user rules defined temporarily, e.g. in tests)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"no integrator named {name!r} is registered")
+    del _REGISTRY[name]
+
+
 def list_integrators() -> list[str]:
     """Names of all registered integrators (hamode's own step rules)."""
     return sorted(_REGISTRY)
 
 
-def get_integrator(integrator: str | Integrator) -> Integrator:
-    """An integrator instance from a registered name, or an instance passed through."""
+def get_integrator(integrator: str | Integrator | type[Integrator]) -> Integrator:
+    """An integrator instance from a registered name, or an instance (or class) passed through."""
     if isinstance(integrator, Integrator):
         return integrator
     if isinstance(integrator, type) and issubclass(integrator, Integrator):

@@ -1,0 +1,144 @@
+"""Explicit Runge-Kutta methods, declared by their Butcher tableau."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .base import Bounds, Integrator
+
+__all__ = ["RungeKutta"]
+
+_OUT = -1  # the step's output, as a consumer of stages
+
+
+class RungeKutta(Integrator):
+    """An explicit Runge-Kutta method: ``a`` (strictly lower-triangular rows), ``b``, ``c``.
+
+    ``k_i = f(t + c_i dt, y + dt Σ_{j<i} a_ij k_j)``, ``y_{k+1} = y + dt Σ_i b_i k_i``. Every
+    stage uses the step's layer. Subclasses declare ``a``, ``b`` (``c`` defaults to the row
+    sums of ``a``) and ``order`` and get, derived once: the step, the fused step and its
+    vector-Jacobian product (stage cotangents ``ḡk_i = dt (b_i ḡ + Σ_{m>i} a_li ḡy_l)``), the
+    evaluation count, the stage times and the growth bound. Works on every field.
+
+    Example::
+
+        @hamode.register_integrator("my_heun")
+        class MyHeun(hamode.RungeKutta):
+            \"\"\"Heun's method. Order 2.\"\"\"
+            order = 2
+            a = ((), (1.0,))
+            b = (0.5, 0.5)
+    """
+
+    a: ClassVar[tuple[tuple[float, ...], ...]] = ()
+    b: ClassVar[tuple[float, ...]] = ()
+    c: ClassVar[tuple[float, ...] | None] = None
+    consumers: ClassVar[tuple[tuple[tuple[int, float], ...], ...]] = ()
+    """Derived: per stage i, the ``(m, weight)`` that read ``k_i`` (``m = -1``: the output, weight ``b_i``)."""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "b" not in cls.__dict__:
+            return
+        b = tuple(float(x) for x in cls.b)
+        s = len(b)
+        rows = [tuple(float(x) for x in row) for row in cls.a] if cls.a else [()]
+        rows = rows + [()] * (s - len(rows))
+        if len(rows) != s or any(len(row) > i for i, row in enumerate(rows)):
+            raise ValueError(
+                f"{cls.__name__}.a must have one row per stage ({s}), row i with at most i entries (explicit)"
+            )
+        A = [list(row) + [0.0] * (s - len(row)) for row in rows]
+        c = tuple(sum(row) for row in A) if cls.c is None else tuple(float(x) for x in cls.c)
+        if len(c) != s:
+            raise ValueError(f"{cls.__name__}.c must have {s} entries, got {len(c)}")
+        for i in range(s):
+            if not math.isclose(c[i], sum(A[i]), rel_tol=0, abs_tol=1e-12):
+                raise ValueError(f"{cls.__name__}: c[{i}] = {c[i]} must equal the row sum of a ({sum(A[i])})")
+        if not math.isclose(sum(b), 1.0, rel_tol=0, abs_tol=1e-12):
+            raise ValueError(f"{cls.__name__}: the weights b must sum to 1 (consistency), got {sum(b)}")
+        consumers = []
+        for i in range(s):
+            used = [(m, A[m][i]) for m in range(i + 1, s) if A[m][i] != 0.0]
+            if b[i] != 0.0:
+                used.append((_OUT, b[i]))
+            if not used:
+                raise ValueError(f"{cls.__name__}: stage {i} is read by no later stage and has b = 0")
+            consumers.append(tuple(used))
+        cls.a, cls.b, cls.c = tuple(tuple(row) for row in A), b, c
+        cls.consumers = tuple(consumers)
+        cls.evaluations = float(s)
+        cls.stage_offsets = c
+
+    # ---------------------------------------------------------------- reference (autograd) path
+    def step(self, f, t, y: Tensor, dt: float) -> Tensor:
+        ks: list[Tensor] = []
+        for i, ci in enumerate(self.c):
+            inc = _combination(self.a[i][:i], ks)
+            ks.append(f(t + ci * dt, y if inc is None else y + dt * inc))
+        return y + dt * _combination(self.b, ks)
+
+    # ---------------------------------------------------------------- fused engine
+    def fused_step(self, ops, j, y, dt):
+        s = len(self.b)
+        acc: dict[int, Tensor] = {}  # stage inputs (and the output, key -1) built as the k's arrive
+        tape: list = []
+        for i in range(s):
+            yi = acc.pop(i, y)
+            tape.append(yi)
+            used = self.consumers[i]
+            if len(used) == 1:  # k_i feeds one sum: add it in the evaluation itself
+                m, w = used[0]
+                acc[m], ctx = ops.f(j, yi, w * dt, acc.get(m, y))
+            else:
+                k, ctx = ops.f(j, yi)
+                for m, w in used:
+                    acc[m] = torch.add(acc.get(m, y), k, alpha=w * dt)
+            tape.append(ctx)
+        return acc[_OUT], tuple(tape)
+
+    def fused_vjp(self, ops, j, tape, g, dt):
+        s = len(self.b)
+        gys: dict[int, Tensor] = {}
+        for i in reversed(range(s)):
+            terms = [(w, g if m == _OUT else gys[m]) for m, w in self.consumers[i]]
+            terms.sort(key=lambda t: t[1] is not g)  # lead with the output's weight when there is one
+            lead = terms[0][0]
+            c = terms[0][1]
+            for w, v in terms[1:]:
+                c = torch.add(c, v, alpha=w / lead)
+            base = None
+            if i == 0:
+                base = g
+                for m in range(1, s):
+                    base = base + gys[m]
+            gys[i] = ops.f_vjp(j, tape[2 * i], tape[2 * i + 1], c, lead * dt, base)
+        return gys[0]
+
+    # ---------------------------------------------------------------- bounds
+    def growth_bound(self, dt: float, bounds: Bounds | Sequence[Bounds]) -> Tensor:
+        """``1 + |dt| Σ|b_i| L_i (1 + |dt| Σ_j |a_ij| K_j)`` with ``K_i`` the bound on ``‖∂k_i/∂y‖`` and ``L_i`` the
+        Lipschitz bound at stage i's time (for RK4 with equal L this is ``Σ_{k<=4} (|dt| L)^k / k!``)."""
+        stage = self._stage_bounds(bounds)
+        h = abs(dt)
+        K: list[Tensor] = []
+        for i in range(len(self.b)):
+            inner = 1 + h * sum(abs(self.a[i][j]) * K[j] for j in range(i))
+            K.append(stage[i]["full"].to(torch.float64) * inner)
+        return 1 + h * sum(abs(bi) * Ki for bi, Ki in zip(self.b, K))
+
+
+def _combination(weights: Sequence[float], ks: Sequence[Tensor]) -> Tensor | None:
+    """``Σ w_i k_i`` over the nonzero weights (None if all are zero)."""
+    out = None
+    for w, k in zip(weights, ks):
+        if w == 0.0:
+            continue
+        term = k if w == 1.0 else w * k
+        out = term if out is None else out + term
+    return out
