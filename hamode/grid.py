@@ -40,6 +40,7 @@ class LayerGrid:
         b = torch.arange(n_layers + 1, dtype=torch.float64) * self.t_end / n_layers
         b[-1] = self.t_end
         self._boundaries = b
+        self._starts = b.tolist()  # Python floats: no tensor-to-float conversion in the step loop
         self._cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     def __repr__(self) -> str:
@@ -47,7 +48,7 @@ class LayerGrid:
 
     def start(self, j: int) -> float:
         """Start time ``t_j`` of layer ``j`` as a Python float."""
-        return float(self._boundaries[j])
+        return self._starts[j]
 
     def boundaries(self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
         """The N + 1 boundaries ``t_0..t_N`` as a tensor of the given dtype and device."""

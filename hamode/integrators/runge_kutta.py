@@ -22,7 +22,7 @@ class RungeKutta(Integrator):
     ``k_i = f(t + c_i dt, y + dt Σ_{j<i} a_ij k_j)``, ``y_{k+1} = y + dt Σ_i b_i k_i``. Every
     stage uses the step's layer. Subclasses declare ``a``, ``b`` (``c`` defaults to the row
     sums of ``a``) and ``order`` and get, derived once: the step, the fused step and its
-    vector-Jacobian product (stage cotangents ``ḡk_i = dt (b_i ḡ + Σ_{m>i} a_li ḡy_l)``), the
+    vector-Jacobian product (stage cotangents ``ḡk_i = dt (b_i ḡ + Σ_{l>i} a_li ḡy_l)``), the
     evaluation count, the stage times and the growth bound. Works on every field.
 
     Example::
