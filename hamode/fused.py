@@ -62,15 +62,50 @@ class FusedSpec:
     reversible: bool = False
 
 
-def _node_weights(field, fw: dict[str, Tensor]) -> list[dict[str, Tensor]]:
-    """One dict of weights per node: views into this pass's fused weights (``unbind``: one call per key)."""
-    shared = field.fused_shared_keys
-    common = {k: v for k, v in fw.items() if k in shared}
-    keys = [k for k in fw if k not in shared]
-    if not keys:
-        return [common] * field.n_nodes
-    columns = [fw[k].unbind(0) for k in keys]
-    return [{**common, **dict(zip(keys, vals))} for vals in zip(*columns)]
+POOL_ATTRIBUTE = "_fused_buffer_pool"
+"""Where a field keeps its free fused-weight buffer sets (an instance attribute, dropped when pickled or copied)."""
+
+
+class _BufferSet:
+    """Buffers for one pass's fused weights and the per-node views into them.
+
+    A view costs about a microsecond, as much as a small layer's products, so the views are made once per
+    buffer set and each pass copies its weights into the buffers (one copy per key). A set belongs to one
+    pass at a time: :class:`FusedOps` takes it from its field's pool and gives it back when it is freed
+    (after the backward, or when the graph is dropped), so two pending passes never share buffers.
+    """
+
+    __slots__ = ("bufs", "nodes", "signature")
+
+    def __init__(self, field, fw: dict[str, Tensor], signature) -> None:
+        shared = field.fused_shared_keys
+        self.signature = signature
+        self.bufs = {k: torch.empty(v.shape, dtype=v.dtype, device=v.device) for k, v in fw.items()}
+        common = {k: v for k, v in self.bufs.items() if k in shared}
+        keys = [k for k in self.bufs if k not in shared]
+        if keys:
+            columns = [self.bufs[k].unbind(0) for k in keys]
+            self.nodes = [{**common, **dict(zip(keys, vals))} for vals in zip(*columns)]
+        else:
+            self.nodes = [common] * field.n_nodes
+
+
+def _take_buffers(field, fw: dict[str, Tensor]) -> _BufferSet:
+    signature = tuple((k, v.shape, v.dtype, v.device) for k, v in fw.items())
+    pool = field.__dict__.setdefault(POOL_ATTRIBUTE, {})
+    for key in [k for k in pool if k != signature]:  # the field changed dtype, device or shapes
+        del pool[key]
+    free = pool.get(signature)
+    buffers = free.pop() if free else _BufferSet(field, fw, signature)
+    for k, buf in buffers.bufs.items():
+        buf.copy_(fw[k])
+    return buffers
+
+
+def _give_back(field, buffers: _BufferSet) -> None:
+    pool = field.__dict__.get(POOL_ATTRIBUTE)
+    if pool is not None and (not pool or buffers.signature in pool):
+        pool.setdefault(buffers.signature, []).append(buffers)
 
 
 class FusedOps:
@@ -82,11 +117,27 @@ class FusedOps:
     innermost loop.
     """
 
-    __slots__ = ("_af", "_dpe", "_dpv", "_dqe", "_dqv", "_fe", "_fv", "_gf", "alphas", "field", "fw", "groups", "w")
+    __slots__ = (
+        "_af",
+        "_buffers",
+        "_dpe",
+        "_dpv",
+        "_dqe",
+        "_dqv",
+        "_fe",
+        "_fv",
+        "_gf",
+        "alphas",
+        "field",
+        "fw",
+        "groups",
+        "w",
+    )
 
     def __init__(self, field, fw: dict[str, Tensor]) -> None:
         self.field, self.fw = field, fw
-        nodes = _node_weights(field, fw)
+        self._buffers = _take_buffers(field, fw)
+        nodes = self._buffers.nodes
         self.w = nodes * field.n_layers if field.weights == "constant" else nodes
         self.groups: dict[str, list] = {"f": [], "dp": [], "dq": []}
         self.alphas: dict[str, list[float]] = {"f": [], "dp": [], "dq": []}
@@ -98,6 +149,12 @@ class FusedOps:
     def reset(self) -> None:
         for v in (*self.groups.values(), *self.alphas.values()):
             v.clear()
+
+    def __del__(self) -> None:
+        buffers = getattr(self, "_buffers", None)
+        if buffers is not None:
+            self._buffers = None
+            _give_back(self.field, buffers)
 
     def f(self, j, y, alpha=1.0, base=None):
         return self._fe(self.w[j], y, alpha, base)

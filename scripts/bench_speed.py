@@ -3,6 +3,7 @@ reference, a plain autograd loop written the obvious way (the baseline), and tor
 
     python scripts/bench_speed.py --out outputs/bench_speed
     python scripts/bench_speed.py --quick          # depths 16 and 256 only, fewer repeats
+    python scripts/bench_speed.py --device cuda --no-epoch --out outputs/bench_speed_cuda
 
 Settings: batch 125, dim 4 and 8, depths 16/64/256/1024, for euler (H1_J1), symplectic_euler (H2),
 leapfrog (H2), rk4 (H1_J1); torchdiffeq (fixed grid on the layers, perturb=True) for its fixed-step
@@ -80,10 +81,10 @@ def plain_loop(method: str, field, h: float):
 def torchdiffeq_run(method: str, field, net):
     import torchdiffeq
 
-    grid = net.grid.time_grid(1, torch.float64)
+    grid = net.grid.time_grid(1, torch.float64, next(field.parameters()).device)
 
     def run(y):
-        out = torchdiffeq.odeint(field, y, grid, method=method, options={"perturb": True})[-1]
+        out = torchdiffeq.odeint(net.rhs, y, grid, method=method, options={"perturb": True})[-1]
         return out, net.regularization(ALPHA)
 
     return run
@@ -95,19 +96,21 @@ def timing(run, params, y0, repeats):
             p.grad = None
         out, reg = run(y0)
         (out.pow(2).mean() + reg).backward()
+        if y0.is_cuda:
+            torch.cuda.synchronize()
 
     return median_time(step, repeats=repeats, min_time=0.5)
 
 
-def bench_small(depths, dims, repeats):
+def bench_small(depths, dims, repeats, device):
     rows = []
     for method, arch in METHODS:
         for dim in dims:
             for L in depths:
                 torch.manual_seed(0)
-                field = hamode.make_field(arch, dim=dim, n_layers=L)
+                field = hamode.make_field(arch, dim=dim, n_layers=L, device=device)
                 h = 0.05
-                y0 = torch.randn(125, dim)
+                y0 = torch.randn(125, dim, device=device)
                 params = list(field.parameters())
                 fused = hamode.HamiltonianNet(field, L * h, method, fast=True)
                 ref = hamode.HamiltonianNet(field, L * h, method, fast=False)
@@ -146,12 +149,12 @@ def bench_small(depths, dims, repeats):
     return rows
 
 
-def bench_mnist(depths, repeats):
+def bench_mnist(depths, repeats, device):
     rows = []
     for L in depths:
         torch.manual_seed(0)
-        field = hamode.make_field("H2", dim=8, n_layers=L)
-        y0 = torch.randn(100, 28, 28, 8)
+        field = hamode.make_field("H2", dim=8, n_layers=L, device=device)
+        y0 = torch.randn(100, 28, 28, 8, device=device)
         params = list(field.parameters())
         res = {}
         for name, fast in (("fused", True), ("reference", False)):
@@ -215,6 +218,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="depths 16 and 256, dim 4, fewer repeats")
     parser.add_argument("--no-epoch", action="store_true", help="skip the MNIST training-epoch timing")
     parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the MNIST epoch timing runs on the CPU)")
     args = parser.parse_args(argv)
     start()
     out = out_dir(args.out)
@@ -236,9 +240,13 @@ def main(argv=None) -> None:
         "reversible/fused",
         "fused us/layer",
     ]
-    rows = bench_small(depths, dims, repeats) + bench_mnist([4, 16], max(2, repeats - 2))
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    rows = bench_small(depths, dims, repeats, device) + bench_mnist([4, 16], max(2, repeats - 2), device)
     write_csv(out / "bench_speed.csv", headers, rows)
-    text = [f"threads: {torch.get_num_threads()}, torch {torch.__version__}", "", markdown_table(headers, rows)]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    text = [f"device: {where}, torch {torch.__version__}", "", markdown_table(headers, rows)]
     if not args.no_epoch:
         fused, ref = mnist_epoch_time(args.data_dir)
         text += [

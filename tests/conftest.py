@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -5,6 +6,27 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+DEVICE = os.environ.get("HAMODE_TEST_DEVICE", "cpu")
+"""``HAMODE_TEST_DEVICE=cuda make test`` runs every test that is not about the CPU on the GPU: tensors and
+fields are created on the default device, which is set here. Tests marked ``cpu_only`` are skipped there."""
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cpu_only: the test is about CPU behaviour; skipped with HAMODE_TEST_DEVICE")
+    if DEVICE != "cpu":
+        if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+            raise pytest.UsageError(f"HAMODE_TEST_DEVICE={DEVICE} but torch sees no CUDA device")
+        torch.set_default_device(DEVICE)
+
+
+def pytest_collection_modifyitems(config, items):
+    if DEVICE == "cpu":
+        return
+    skip = pytest.mark.skip(reason=f"CPU-specific test (HAMODE_TEST_DEVICE={DEVICE})")
+    for item in items:
+        if "cpu_only" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -120,7 +120,7 @@ def test_autocast_runs_the_flow_in_the_parameters_dtype(dtype, gradient):
     net = _net("H2", "symplectic_euler", dtype=torch.float32, gradient=gradient)
     stem = torch.nn.Linear(3, 4)
     x = torch.randn(8, 3)
-    with torch.autocast("cpu", dtype=dtype):
+    with torch.autocast(x.device.type, dtype=dtype):
         z = stem(x)
         assert z.dtype == dtype  # the layer before the H-DNN runs in low precision...
         out = net(z)
@@ -254,6 +254,26 @@ def test_two_pending_forwards_backward_independently():
     got_a = torch.autograd.grad(oa.sin().sum(), [ya, *net.field.parameters()])
     for x, y in zip((*got_a, *got_b), (*ga, *gb)):
         assert _rel(x, y) <= 1e-14
+
+
+def test_fused_buffer_sets_belong_to_one_pass_and_are_returned():
+    import copy
+    import pickle
+
+    from hamode.fused import POOL_ATTRIBUTE
+
+    net = _net("H2", "leapfrog")
+    y0 = torch.randn(3, 4, dtype=F64)
+    for _ in range(4):
+        _grads(net, y0)
+    pool = net.field.__dict__[POOL_ATTRIBUTE]
+    assert sum(map(len, pool.values())) == 1  # one set, reused by every pass
+    pending = [net(y0.clone().requires_grad_(True)) for _ in range(3)]
+    assert sum(map(len, pool.values())) == 0  # each pending pass holds its own
+    del pending
+    assert sum(map(len, pool.values())) == 3
+    assert POOL_ATTRIBUTE not in copy.deepcopy(net.field).__dict__
+    assert POOL_ATTRIBUTE not in pickle.loads(pickle.dumps(net.field)).__dict__
 
 
 def test_continuous_statistics_are_returned_and_summed_over_layers():

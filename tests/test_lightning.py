@@ -17,6 +17,8 @@ from hamode.data.mnist import verify_mnist
 from lightning_modules import HDNNClassifier, NonFiniteLossError, SensitivityMonitor, Toy2DDataModule
 from lightning_modules.cli import cli
 
+pytestmark = pytest.mark.cpu_only  # the configs and scripts train on the CPU (accelerator: cpu)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
@@ -79,6 +81,19 @@ def test_fast_dev_run_every_config(config, tmp_path, mnist_dir, monkeypatch):
         args.append(f"--data.data_dir={mnist_dir}")
     c = cli(args)
     assert c.trainer.state.finished
+    assert torch.isfinite(c.trainer.callback_metrics["train/loss"])
+
+
+@pytest.mark.parametrize("config", ["swiss_roll_h1", "double_moons_h2", "mnist_h2"])
+def test_bf16_mixed_precision_trains(config, tmp_path, mnist_dir, monkeypatch):
+    """--trainer.precision=bf16-mixed: the layers around the H-DNN run in bf16, its ODE solve in float32."""
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--config", str(ROOT / f"configs/{config}.yaml"), "--trainer.precision=bf16-mixed"]
+    args += ["--trainer.fast_dev_run=2", "--trainer.enable_progress_bar=false"]
+    if "mnist" in config:
+        args.append(f"--data.data_dir={mnist_dir}")
+    c = cli(args)
+    assert c.trainer.state.finished and c.trainer.precision == "bf16-mixed"
     assert torch.isfinite(c.trainer.callback_metrics["train/loss"])
 
 

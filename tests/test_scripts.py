@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.cpu_only  # the configs and scripts train on the CPU (accelerator: cpu)
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 

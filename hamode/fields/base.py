@@ -60,6 +60,12 @@ class Field(nn.Module):
         self.n_nodes = {"piecewise": n_layers, "constant": 1, "linear": n_layers + 1}[weights]
         self._stacked_names: list[str] = []
 
+    def __getstate__(self) -> dict:
+        # the fused engine's free buffer sets (hamode.fused) are scratch memory: not pickled, not deep-copied
+        state = self.__dict__.copy()
+        state.pop("_fused_buffer_pool", None)
+        return state
+
     # ---------------------------------------------------------------- parameters
     def _stacked(self, name: str, shape: tuple[int, ...], fan_in: int | None, init: str, factory: dict) -> nn.Parameter:
         """Register a parameter with a leading node axis and initialise it.
