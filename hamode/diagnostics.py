@@ -113,7 +113,7 @@ def energy_drift(net: HamiltonianNet, y0: Tensor) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def sensitivity_upper_bound(net: HamiltonianNet) -> Tensor:
-    """Upper bounds on ``‖∂y_N/∂y_j‖₂`` for j = 0..N from the current weights (PAPER §3).
+    """Upper bounds on ``‖∂y_N/∂y_j‖₂`` for j = 0..N from the current weights (Galimberti et al., TAC 2023).
 
     The product over the steps after boundary j of each step's growth bound: for
     forward Euler ``1 + h S ‖J‖₂ ‖K_k‖₂²`` and for semi-implicit Euler

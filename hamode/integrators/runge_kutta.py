@@ -39,6 +39,8 @@ class RungeKutta(Integrator):
     b: ClassVar[tuple[float, ...]] = ()
     c: ClassVar[tuple[float, ...] | None] = None
     consumers: ClassVar[tuple[tuple[tuple[int, float], ...], ...]] = ()
+    _forward_plan: ClassVar[tuple] = ()
+    _vjp_plan: ClassVar[tuple] = ()
     """Derived: per stage i, the ``(m, weight)`` that read ``k_i`` (``m = -1``: the output, weight ``b_i``)."""
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -72,6 +74,16 @@ class RungeKutta(Integrator):
             consumers.append(tuple(used))
         cls.a, cls.b, cls.c = tuple(tuple(row) for row in A), b, c
         cls.consumers = tuple(consumers)
+        # the fused engine's plans, fixed here so that a step does no bookkeeping: sums are slots 0..s-1 (stage
+        # inputs) and s (the output); a VJP's cotangent is the lead term plus the others scaled by w / lead
+        slot = {m: (s if m == _OUT else m) for m in range(-1, s)}
+        cls._forward_plan = tuple(tuple((slot[m], w) for m, w in used) for used in consumers)
+        vjp = []
+        for used in consumers:
+            used = sorted(used, key=lambda u: u[0] != _OUT)  # lead with the output's weight when there is one
+            lead_w = used[0][1]
+            vjp.append((slot[used[0][0]], lead_w, tuple((slot[m], w / lead_w) for m, w in used[1:])))
+        cls._vjp_plan = tuple(vjp)
         cls.evaluations = float(s)
         cls.stage_offsets = c
 
@@ -85,39 +97,37 @@ class RungeKutta(Integrator):
 
     # ---------------------------------------------------------------- fused engine
     def fused_step(self, ops, j, y, dt):
-        s = len(self.b)
-        acc: dict[int, Tensor] = {}  # stage inputs (and the output, key -1) built as the k's arrive
+        plan = self._forward_plan
+        acc: list = [y] * (len(plan) + 1)  # stage inputs and (last) the output, built as the k's arrive
         tape: list = []
-        for i in range(s):
-            yi = acc.pop(i, y)
-            tape.append(yi)
-            used = self.consumers[i]
+        for i, used in enumerate(plan):
+            yi = acc[i]
             if len(used) == 1:  # k_i feeds one sum: add it in the evaluation itself
                 m, w = used[0]
-                acc[m], ctx = ops.f(j, yi, w * dt, acc.get(m, y))
+                acc[m], ctx = ops.f(j, yi, w * dt, acc[m])
             else:
                 k, ctx = ops.f(j, yi)
                 for m, w in used:
-                    acc[m] = torch.add(acc.get(m, y), k, alpha=w * dt)
+                    acc[m] = torch.add(acc[m], k, alpha=w * dt)
+            tape.append(yi)
             tape.append(ctx)
-        return acc[_OUT], tuple(tape)
+        return acc[-1], tuple(tape)
 
     def fused_vjp(self, ops, j, tape, g, dt):
-        s = len(self.b)
-        gys: dict[int, Tensor] = {}
+        plan = self._vjp_plan
+        s = len(plan)
+        gys: list = [None] * s + [g]  # stage-input cotangents; the last slot is the output's
         for i in reversed(range(s)):
-            terms = [(w, g if m == _OUT else gys[m]) for m, w in self.consumers[i]]
-            terms.sort(key=lambda t: t[1] is not g)  # lead with the output's weight when there is one
-            lead = terms[0][0]
-            c = terms[0][1]
-            for w, v in terms[1:]:
-                c = torch.add(c, v, alpha=w / lead)
+            lead, lead_w, others = plan[i]
+            c = gys[lead]
+            for m, r in others:
+                c = torch.add(c, gys[m], alpha=r)
             base = None
             if i == 0:
                 base = g
                 for m in range(1, s):
                     base = base + gys[m]
-            gys[i] = ops.f_vjp(j, tape[2 * i], tape[2 * i + 1], c, lead * dt, base)
+            gys[i] = ops.f_vjp(j, tape[2 * i], tape[2 * i + 1], c, lead_w * dt, base)
         return gys[0]
 
     # ---------------------------------------------------------------- bounds
