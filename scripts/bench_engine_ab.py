@@ -4,10 +4,11 @@
     python scripts/bench_engine_ab.py --baseline /tmp/hamode_base --out outputs/bench_engine_ab
 
 On a machine whose speed drifts from minute to minute, times measured in separate runs cannot be compared.
-This script imports the baseline's ``hamode`` under another name and, repetition by repetition, times one
-forward+backward (with the smoothness regulariser) of the baseline's fused engine, this checkout's fused
-engine and the plain autograd loop of ``bench_speed.py`` on the same weights and input. It reports the
-medians of the per-repetition ratios (new / baseline, fused / plain), which drift cancels out of.
+This script imports the baseline's ``hamode`` under another name and, repetition by repetition (rotating
+their order: a run right after another one's frees is faster), times one forward+backward (with the
+smoothness regulariser) of the baseline's fused engine, this checkout's fused engine and the plain
+autograd loop of ``bench_speed.py`` on the same weights and input. It reports the medians of the
+per-repetition ratios (new / baseline, fused / plain), which drift cancels out of.
 Cells: depth 1024, batch 125, dim 4 and 8, euler (H1_J1), symplectic_euler and leapfrog (H2); the MNIST
 state (100, 28, 28, 8) at 4 and 16 layers (H2, symplectic Euler).
 """
@@ -89,10 +90,11 @@ def cell(base, method, arch, dim, layers, repeats):
     times = {k: [] for k in steps}
     for fn in steps.values():
         fn()  # warm-up
-    for _ in range(repeats):
-        for k, fn in steps.items():
+    order = list(steps)
+    for r in range(repeats):  # rotate the order: a run right after another one's frees is faster (the allocator)
+        for k in order[r % 3 :] + order[: r % 3]:
             t = time.perf_counter()
-            fn()
+            steps[k]()
             times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = {
@@ -109,6 +111,7 @@ def main(argv=None) -> None:
     parser.add_argument("--baseline", type=Path, required=True, help="root of another hamode checkout")
     parser.add_argument("--out", default="outputs/bench_engine_ab")
     parser.add_argument("--repeats", type=int, default=15, help="interleaved repetitions per cell (default 15)")
+    parser.add_argument("--only", default="", help="run only the cells whose 'method/state' contains this text")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
@@ -129,6 +132,8 @@ def main(argv=None) -> None:
     ]
     rows = []
     for method, arch, dim, layers in CELLS:
+        if args.only not in f"{method}/{dim}":
+            continue
         rows.append(
             cell(base, method, arch, dim, layers, args.repeats if dim != "mnist" else max(3, args.repeats // 3))
         )
