@@ -287,12 +287,15 @@ def _join(spec: FusedSpec, state) -> Tensor:
 
 
 def _run(spec: FusedSpec, y: Tensor, ops: FusedOps, tapes: list | None) -> Tensor:
-    step = spec.integrator.fused_step
+    # the fused steps use only dt (piecewise-constant weights), the same for every step of the schedule
+    step, schedule = spec.integrator.fused_step, spec.schedule
+    dt, substeps = schedule.dt, range(schedule.substeps)
     state = _split(spec, y)
-    for j, _, dt in spec.schedule.steps():
-        state, tape = step(ops, j, state, dt)
-        if tapes is not None:
-            tapes.append(tape)
+    for j in range(schedule.n_layers):
+        for _ in substeps:
+            state, tape = step(ops, j, state, dt)
+            if tapes is not None:
+                tapes.append(tape)
     return _join(spec, state)
 
 
@@ -312,8 +315,10 @@ def fused_inverse_flow(spec: FusedSpec, y_end: Tensor) -> Tensor:
     """The exact inverse steps from ``y(T)`` back to ``y(0)`` (reversible integrators)."""
     ops, inverse = _ops(spec.field), spec.integrator.fused_inverse
     state = _split(spec, y_end.reshape(-1, spec.field.dim))
-    for j, _, dt in spec.schedule.steps(reverse=True):
-        state = inverse(ops, j, state, dt)
+    dt = spec.schedule.dt
+    for j in reversed(range(spec.schedule.n_layers)):
+        for _ in range(spec.schedule.substeps):
+            state = inverse(ops, j, state, dt)
     return _join(spec, state).reshape(y_end.shape)
 
 
@@ -379,8 +384,9 @@ class FusedFlow(torch.autograd.Function):
             widths = ctx.tape_widths
             stride = sum(max(w, 1) for w in widths)
             k = schedule.n_steps
+            dt, substeps = schedule.dt, range(schedule.substeps)
             for j in reversed(range(schedule.n_layers)):
-                for _, _, dt in reversed(schedule.layer_steps(j)):
+                for _ in substeps:
                     k -= 1
                     if spec.reversible:
                         state = step.fused_inverse(ops, j, state, dt)

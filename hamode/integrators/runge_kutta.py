@@ -41,6 +41,8 @@ class RungeKutta(Integrator):
     consumers: ClassVar[tuple[tuple[tuple[int, float], ...], ...]] = ()
     _forward_plan: ClassVar[tuple] = ()
     _vjp_plan: ClassVar[tuple] = ()
+    _vjp_order: ClassVar[tuple] = ()
+    _n_sums: ClassVar[int] = 1
     """Derived: per stage i, the ``(m, weight)`` that read ``k_i`` (``m = -1``: the output, weight ``b_i``)."""
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -84,6 +86,8 @@ class RungeKutta(Integrator):
             lead_w = used[0][1]
             vjp.append((slot[used[0][0]], lead_w, tuple((slot[m], w / lead_w) for m, w in used[1:])))
         cls._vjp_plan = tuple(vjp)
+        cls._vjp_order = tuple((i, *vjp[i]) for i in reversed(range(s)))
+        cls._n_sums = s + 1
         cls.evaluations = float(s)
         cls.stage_offsets = c
 
@@ -97,37 +101,35 @@ class RungeKutta(Integrator):
 
     # ---------------------------------------------------------------- fused engine
     def fused_step(self, ops, j, y, dt):
-        plan = self._forward_plan
-        acc: list = [y] * (len(plan) + 1)  # stage inputs and (last) the output, built as the k's arrive
-        tape: list = []
-        for i, used in enumerate(plan):
+        f = ops.f
+        acc = [y] * self._n_sums  # stage inputs and (last) the output, built as the k's arrive
+        tape = []
+        for i, used in enumerate(self._forward_plan):
             yi = acc[i]
             if len(used) == 1:  # k_i feeds one sum: add it in the evaluation itself
                 m, w = used[0]
-                acc[m], ctx = ops.f(j, yi, w * dt, acc[m])
+                acc[m], ctx = f(j, yi, w * dt, acc[m])
             else:
-                k, ctx = ops.f(j, yi)
+                k, ctx = f(j, yi)
                 for m, w in used:
                     acc[m] = torch.add(acc[m], k, alpha=w * dt)
-            tape.append(yi)
-            tape.append(ctx)
+            tape += (yi, ctx)
         return acc[-1], tuple(tape)
 
     def fused_vjp(self, ops, j, tape, g, dt):
-        plan = self._vjp_plan
-        s = len(plan)
-        gys: list = [None] * s + [g]  # stage-input cotangents; the last slot is the output's
-        for i in reversed(range(s)):
-            lead, lead_w, others = plan[i]
+        f_vjp = ops.f_vjp
+        gys = [None] * self._n_sums  # stage-input cotangents; the last slot is the output's
+        gys[-1] = g
+        for i, lead, lead_w, others in self._vjp_order:
             c = gys[lead]
             for m, r in others:
                 c = torch.add(c, gys[m], alpha=r)
             base = None
             if i == 0:
                 base = g
-                for m in range(1, s):
+                for m in range(1, self._n_sums - 1):
                     base = base + gys[m]
-            gys[i] = ops.f_vjp(j, tape[2 * i], tape[2 * i + 1], c, lead_w * dt, base)
+            gys[i] = f_vjp(j, tape[2 * i], tape[2 * i + 1], c, lead_w * dt, base)
         return gys[0]
 
     # ---------------------------------------------------------------- bounds
