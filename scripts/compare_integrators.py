@@ -44,7 +44,7 @@ def energy_error_per_layer(net, y0) -> float:
     stride = 1 if net.continuous else net.substeps
     errs = []
     for j in range(net.n_layers):
-        f = net.field.layer(j)
+        f = net.field.layer(j, grid=net.grid)
         t0 = net.grid.start(j)
         errs.append((f.hamiltonian(t0, ys[(j + 1) * stride]) - f.hamiltonian(t0, ys[j * stride])).abs().mean())
     return float(torch.stack(errs).mean())
