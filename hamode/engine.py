@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .fused import FusedSpec, check_versions
+from .fused import FusedSpec, check_versions, parameter_gradients
 
 __all__ = ["ReversibleFlow", "fused_allowed", "reference_flow", "reference_gradients"]
 
@@ -145,13 +145,4 @@ class ReversibleFlow(torch.autograd.Function):
                             else:
                                 acc[k] += gk
                     y = y_prev
-        param_grads: list[Tensor | None] = [None] * len(params)
-        if keys:
-            wanted = [i for i, p in enumerate(params) if p.requires_grad]
-            if wanted:
-                got = torch.autograd.grad(
-                    [table[k] for k in keys], [params[i] for i in wanted], [acc[k] for k in keys], allow_unused=True
-                )
-                for i, gi in zip(wanted, got):
-                    param_grads[i] = gi
-        return (None, g, *param_grads)
+        return (None, g, *parameter_gradients(table, acc, params))

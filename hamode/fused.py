@@ -327,6 +327,21 @@ def field_tensors(field) -> tuple[list[Tensor], list[Tensor]]:
     return list(field.parameters()), list(field.buffers())
 
 
+def parameter_gradients(table: dict[str, Tensor], grads: dict[str, Tensor], params: list[Tensor]) -> list:
+    """The parameters' gradients from the gradients of the weight-table entries (one autograd call through the
+    derived weights: skew K, scattered sparse K, J = A - Aᵀ, ...); None for parameters that need none."""
+    keys = [key for key in grads if table[key].requires_grad]
+    wanted = [i for i, p in enumerate(params) if p.requires_grad]
+    out: list[Tensor | None] = [None] * len(params)
+    if keys and wanted:
+        got = torch.autograd.grad(
+            [table[key] for key in keys], [params[i] for i in wanted], [grads[key] for key in keys], allow_unused=True
+        )
+        for i, gi in zip(wanted, got):
+            out[i] = gi
+    return out
+
+
 def check_versions(field, versions: list[int], what: str) -> None:
     """Raise if a parameter or buffer of ``field`` changed in place since ``versions`` were taken."""
     params, buffers = field_tensors(field)
@@ -402,19 +417,7 @@ class FusedFlow(torch.autograd.Function):
                     upper = j
             g_y0 = _join(spec, g).reshape(ctx.shape)
             grads = acc
-        keys = [key for key in grads if table[key].requires_grad]
-        wanted = [i for i, p in enumerate(params) if p.requires_grad]
-        param_grads: list[Tensor | None] = [None] * len(params)
-        if keys and wanted:
-            got = torch.autograd.grad(
-                [table[key] for key in keys],
-                [params[i] for i in wanted],
-                [grads[key] for key in keys],
-                allow_unused=True,
-            )
-            for i, gi in zip(wanted, got):
-                param_grads[i] = gi
-        return (None, g_y0, *param_grads)
+        return (None, g_y0, *parameter_gradients(table, grads, params))
 
 
 def reconstruct(net, y_end: Tensor) -> Tensor:

@@ -448,3 +448,34 @@ def test_sensitivity_upper_bound_holds(name, weights, n_layers):
         assert (norms <= bound * (1 + 1e-9)).all(), (name, substeps, norms, bound)
         if substeps == 3:
             assert norms[0] > 1.05  # a nontrivial map
+
+
+def test_bad_grid_schedule_and_declaration_arguments():
+    torch.manual_seed(0)
+    field = hamode.make_field("H2", dim=4, n_layers=3, weights="linear", dtype=F64)
+    y = torch.randn(2, 4, dtype=F64)
+    with pytest.raises(
+        TypeError, match=r"SeparableField.forward\(t, y\) looks the layer up from t and needs the layer grid"
+    ):
+        field(0.1, y)
+    with pytest.raises(ValueError, match="grid has 5 layers but the field has n_layers=3"):
+        field(0.1, y, hamode.LayerGrid(5, 1.0))
+    with pytest.raises(TypeError, match=r"grid must be a hamode\.LayerGrid, got float"):
+        field.hamiltonian(0.1, y, 1.0)
+    with pytest.raises(RuntimeError, match=r"weights='linear': evaluating layer 1 at a time t needs the net's grid"):
+        field.layer(1).dp(0.5, y[:, 2:])
+    grid = hamode.LayerGrid(3, 1.5)
+    assert torch.equal(field(0.1, y, grid), hamode.HamiltonianNet(field, 1.5).rhs(0.1, y))
+    with pytest.raises(TypeError, match="grid must be a LayerGrid, got int"):
+        hamode.Schedule(3, 1)
+    with pytest.raises(ValueError, match="substeps must be >= 1, got 0"):
+        hamode.Schedule(grid, 0)
+    with pytest.raises(AttributeError, match="immutable"):
+        hamode.Schedule(grid, 2).substeps = 3
+    with pytest.raises(ValueError, match="without ':'"):
+        hamode.register_integrator("torchdiffeq:mine")
+    with pytest.raises(ValueError, match="no integrator named 'nope' is registered"):
+        hamode.integrators.unregister_integrator("nope")
+    rk4 = hamode.get_integrator("rk4")
+    with pytest.raises(ValueError, match="rk4 evaluates the field at 4 stage times; got 2 bounds"):
+        rk4.growth_bound(0.1, [{"full": torch.tensor(1.0)}] * 2)
