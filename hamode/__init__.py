@@ -10,6 +10,7 @@ from .architectures import architecture_info, list_architectures, make_field, re
 from .continuous import list_torchdiffeq_methods
 from .fields import (
     AutogradHamiltonianField,
+    AutogradSeparableField,
     Field,
     H1Field,
     MS1Field,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GRADIENT_MODES",
     "AutogradHamiltonianField",
+    "AutogradSeparableField",
     "Field",
     "H1Field",
     "HamiltonianNet",

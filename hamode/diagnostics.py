@@ -89,6 +89,7 @@ def symplecticity_defect(Phi: Tensor, J: Tensor) -> Tensor:
     """
     if Phi.shape[-2:] != J.shape[-2:]:
         raise ValueError(f"Phi {tuple(Phi.shape)} and J {tuple(J.shape)} must end in the same (n, n)")
+    J = J.to(Phi)  # a constant structure matrix (exact ±1 entries) may be stored in another dtype
     return torch.linalg.matrix_norm(Phi @ J @ Phi.mT - J)
 
 

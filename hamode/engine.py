@@ -123,6 +123,8 @@ class ReversibleFlow(torch.autograd.Function):
         keys = [k for k, v in table.items() if v.requires_grad]
         flat = {k: table[k].detach() for k in table}
         acc = {k: torch.zeros_like(flat[k]) for k in keys}
+        direct = [p for p in field.direct_parameters() if p.requires_grad]
+        direct_acc = [torch.zeros_like(p) for p in direct]
         stacked = set(field.stacked_keys)
         y = yN.detach()
         for j in reversed(range(schedule.n_layers)):
@@ -136,13 +138,20 @@ class ReversibleFlow(torch.autograd.Function):
                         y_prev = step.inverse_step(f, t, y, dt)
                     y_in = y_prev.detach().requires_grad_(True)
                     y_out = step.step(f, t, y_in, dt)
-                    grads = torch.autograd.grad(y_out, [y_in, *leaves.values()], g, allow_unused=True)
+                    grads = torch.autograd.grad(y_out, [y_in, *leaves.values(), *direct], g, allow_unused=True)
                     g = grads[0]
-                    for k, gk in zip(leaves, grads[1:]):
+                    for acc_p, gp in zip(direct_acc, grads[1 + len(leaves) :]):
+                        if gp is not None:
+                            acc_p += gp
+                    for k, gk in zip(leaves, grads[1 : 1 + len(leaves)]):
                         if gk is not None:
                             if k in stacked:
                                 acc[k][lo:hi] += gk
                             else:
                                 acc[k] += gk
                     y = y_prev
-        return (None, g, *parameter_gradients(table, acc, params))
+        param_grads = parameter_gradients(table, acc, params)
+        for p, gp in zip(direct, direct_acc):
+            i = next(i for i, q in enumerate(params) if q is p)
+            param_grads[i] = gp if param_grads[i] is None else param_grads[i] + gp
+        return (None, g, *param_grads)

@@ -1,6 +1,6 @@
 """ODE right-hand sides: the Hamiltonian fields."""
 
-from .autograd import AutogradHamiltonianField
+from .autograd import AutogradHamiltonianField, AutogradSeparableField
 from .base import Field, LayerRHS
 from .hamiltonian import H1Field
 from .ms import MS1Field, MS2Field
@@ -9,6 +9,7 @@ from .structure import check_skew, j1, j2
 
 __all__ = [
     "AutogradHamiltonianField",
+    "AutogradSeparableField",
     "Field",
     "H1Field",
     "LayerRHS",

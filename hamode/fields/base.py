@@ -97,6 +97,11 @@ class Field(nn.Module):
         """
         return {name: getattr(self, name) for name in self._stacked_names}
 
+    def direct_parameters(self) -> list[Tensor]:
+        """Parameters the layers use directly rather than through :meth:`weight_table` (a user Hamiltonian's
+        own module parameters): the reversible engine differentiates them step by step. Default: none."""
+        return []
+
     @property
     def stacked_keys(self) -> tuple[str, ...]:
         """Keys of :meth:`weight_table` that carry a node axis."""
