@@ -342,3 +342,48 @@ def test_mnist_augment_shift_must_be_whole_pixels(tmp_path, bad):
 
     with pytest.raises(ValueError, match="augment_shift must be a whole number of pixels"):
         MNISTDataModule(data_dir=str(tmp_path), augment_shift=bad)
+
+
+@pytest.fixture
+def trained_swiss_roll(tmp_path, monkeypatch):
+    """A 1-epoch run of configs/swiss_roll_h1.yaml (forward Euler) in tmp_path; returns its last.ckpt."""
+    monkeypatch.chdir(tmp_path)
+    config = str(ROOT / "configs/swiss_roll_h1.yaml")
+    cli(["fit", "--config", config, "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false"])
+    ckpt = tmp_path / "outputs/swiss_roll_h1/checkpoints/last.ckpt"
+    assert ckpt.is_file()
+    return config, str(ckpt)
+
+
+def test_test_from_checkpoint_honours_the_eval_integrator(trained_swiss_roll, capsys):
+    """`hamode test --ckpt_path ... --model.eval_integrator=rk4` evaluates under rk4 (it used the checkpoint's own)."""
+    config, ckpt = trained_swiss_roll
+    c = cli(["test", "--config", config, "--ckpt_path", ckpt, "--model.eval_integrator=rk4"])
+    assert "(rk4, 1 substep)" in capsys.readouterr().out
+    assert c.model.net.integrator_name == "rk4"
+    cli_acc = float(c.trainer.callback_metrics["test/acc"])
+    # the same through the API
+    model = HDNNClassifier.load_from_checkpoint(ckpt)
+    model.set_integrator("rk4")
+    trainer = _trainer(Path(ckpt).parent)
+    api_acc = trainer.test(model, datamodule=c.datamodule, verbose=False)[0]["test/acc"]
+    assert cli_acc == pytest.approx(api_acc, abs=1e-7)
+    euler = cli(["test", "--config", config, "--ckpt_path", ckpt])
+    assert euler.model.net.integrator_name == "euler"
+    assert "(euler, 1 substep)" in capsys.readouterr().out
+
+
+def test_unknown_eval_integrator_with_a_checkpoint_is_refused(trained_swiss_roll):
+    config, ckpt = trained_swiss_roll
+    with pytest.raises(ValueError, match=r"unknown integrator 'no_such_rule'; valid: .*euler.*rk4"):
+        cli(["test", "--config", config, "--ckpt_path", ckpt, "--model.eval_integrator=no_such_rule"])
+
+
+def test_resume_with_another_discretisation_is_refused(trained_swiss_roll):
+    config, ckpt = trained_swiss_roll
+    args = ["fit", "--config", config, "--ckpt_path", ckpt, "--model.integrator=rk4", "--model.substeps=2"]
+    with pytest.raises(SystemExit, match=r"integrator: asked 'rk4', checkpoint 'euler'\n  substeps: asked 2"):
+        cli([*args, "--trainer.max_epochs=2"])
+    allowed = ["--trainer.max_epochs=2", "--allow_discretisation_change=true", "--trainer.enable_progress_bar=false"]
+    c = cli([*args, *allowed])
+    assert c.model.net.integrator_name == "euler" and c.trainer.current_epoch == 2  # the checkpoint's, resumed
