@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -93,6 +94,10 @@ class HDNNClassifier(L.LightningModule):
                 or (name == "lr" and not value)
             ):
                 raise ValueError(f"{name} must be a number {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        if isinstance(lr_gamma, bool) or not isinstance(lr_gamma, (int, float)) or not 0 < lr_gamma <= 1:
+            raise ValueError(f"lr_gamma must be a number in (0, 1] (the per-epoch decay factor), got {lr_gamma!r}")
         self.save_hyperparameters()
         net_args = dict(
             architecture=architecture,
@@ -192,8 +197,19 @@ class HDNNClassifier(L.LightningModule):
             for key, value in self.net.stats.items():
                 self.log(f"{stage}/solver_{key}", float(value), on_step=stage == "train", on_epoch=True)
 
+    @staticmethod
+    def _check_inputs(x: Tensor, stage: str, batch_idx: int) -> None:
+        """Refuse non-finite inputs (one reduction per batch): the flow would carry NaN/Inf silently."""
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(
+                f"{stage} batch {batch_idx} has {bad} non-finite input values (NaN or Inf): check the data "
+                "(normalisation, corrupt files) before it reaches the H-DNN"
+            )
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
+        self._check_inputs(x, "train", batch_idx)
         loss, pred = self._loss(self(x), y)
         reg = self.model.regularization(self.hparams.alpha)
         total = loss + reg
@@ -214,12 +230,15 @@ class HDNNClassifier(L.LightningModule):
         self._log_solver_stats(stage)
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        self._check_inputs(batch[0], "validation", batch_idx)
         self._eval_step(batch, "val", self.val_acc)
 
     def test_step(self, batch, batch_idx: int) -> None:
+        self._check_inputs(batch[0], "test", batch_idx)
         self._eval_step(batch, "test", self.test_acc)
 
     def predict_step(self, batch, batch_idx: int) -> Tensor:
+        self._check_inputs(batch[0], "predict", batch_idx)
         logits = self(batch[0])
         return (logits > 0).long() if logits.dim() == 1 else logits.argmax(-1)
 

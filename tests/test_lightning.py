@@ -207,35 +207,29 @@ class _Batches:
         return len(self.batches)
 
 
-class _NaNAt(L.LightningDataModule):
-    """The 2-D data with NaN inputs in the 4th training batch."""
+class _NaNLossAt(HDNNClassifier):
+    """A toy model whose loss turns NaN at the 4th training batch (finite inputs and weights: non-finite
+    inputs are refused before they reach the net, see test_non_finite_inputs_are_refused...)."""
 
-    def __init__(self):
-        super().__init__()
-        self.inner = Toy2DDataModule("double_moons", n_samples=600, batch_size=50)
+    def training_step(self, batch, batch_idx):
+        self._nan_now = batch_idx == 3
+        return super().training_step(batch, batch_idx)
 
-    def setup(self, stage=None):
-        self.inner.trainer = self.trainer
-        self.inner.setup(stage)
-
-    def train_dataloader(self):
-        batches = list(self.inner.train_dataloader())
-        batches[3] = (torch.full_like(batches[3][0], float("nan")), batches[3][1])
-        return _Batches(batches)
-
-    def val_dataloader(self):
-        return self.inner.val_dataloader()
+    def _loss(self, logits, y):
+        loss, pred = super()._loss(logits, y)
+        return (loss * float("nan") if getattr(self, "_nan_now", False) else loss), pred
 
 
 def test_nonfinite_guard_stops_and_keeps_last_checkpoint(tmp_path):
     from lightning_modules import NonFiniteGuard
 
     L.seed_everything(0)
-    model = _toy()
+    model = _NaNLossAt(**_toy().hparams)
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=1)
     trainer = _trainer(tmp_path, max_epochs=1, callbacks=[NonFiniteGuard(), ckpt], num_sanity_val_steps=0)
+    data = Toy2DDataModule("double_moons", n_samples=600, batch_size=50)
     with pytest.raises(NonFiniteLossError, match=r"stopping at step 3 \(epoch 0\): the loss is nan.*last.ckpt"):
-        trainer.fit(model, _NaNAt())
+        trainer.fit(model, data)
     state = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert state["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
@@ -387,3 +381,23 @@ def test_resume_with_another_discretisation_is_refused(trained_swiss_roll):
     allowed = ["--trainer.max_epochs=2", "--allow_discretisation_change=true", "--trainer.enable_progress_bar=false"]
     c = cli([*args, *allowed])
     assert c.model.net.integrator_name == "euler" and c.trainer.current_epoch == 2  # the checkpoint's, resumed
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.0, 1.5, float("nan")])
+def test_lr_gamma_must_be_a_decay_factor(bad):
+    with pytest.raises(ValueError, match=r"lr_gamma must be a number in \(0, 1\]"):
+        _toy(lr_gamma=bad)
+    with pytest.raises(ValueError, match="lr must be finite"):
+        _toy(lr=float("inf"))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_inputs_are_refused_in_training_and_evaluation(value, tmp_path):
+    model = _toy()
+    x = torch.randn(8, 2)
+    x[3, 1] = value
+    batch = (x, torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="train batch 5 has 1 non-finite input values"):
+        model.training_step(batch, 5)
+    with pytest.raises(ValueError, match="test batch 0 has 1 non-finite input values"):
+        model.test_step(batch, 0)
