@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .fused import FusedSpec, check_versions, parameter_gradients
+from .fused import FusedSpec, check_versions, parameter_gradients, tensor_versions
 
 __all__ = ["ReversibleFlow", "fused_allowed", "reference_flow", "reference_gradients"]
 
@@ -105,7 +105,7 @@ class ReversibleFlow(torch.autograd.Function):
         with torch.no_grad():
             yN = reference_flow(spec.field, spec.integrator, spec.schedule, y0)
         ctx.spec = spec
-        ctx.versions = [t._version for t in (*params, *spec.field.buffers())]
+        ctx.versions = tensor_versions(spec.field)
         ctx.save_for_backward(y0, yN)
         return yN
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .fields.base import FUSED_POOL_ATTRIBUTE
 from .grid import Schedule
 from .integrators import Integrator
 
@@ -62,7 +63,7 @@ class FusedSpec:
     reversible: bool = False
 
 
-POOL_ATTRIBUTE = "_fused_buffer_pool"
+POOL_ATTRIBUTE = FUSED_POOL_ATTRIBUTE
 """Where a field keeps its free fused-weight buffer sets (an instance attribute, dropped when pickled or copied)."""
 
 
@@ -322,9 +323,10 @@ def fused_inverse_flow(spec: FusedSpec, y_end: Tensor) -> Tensor:
     return _join(spec, state).reshape(y_end.shape)
 
 
-def field_tensors(field) -> tuple[list[Tensor], list[Tensor]]:
-    """The field's parameters and buffers: what a pass reads, and whose in-place change its backward refuses."""
-    return list(field.parameters()), list(field.buffers())
+def tensor_versions(field) -> list[int]:
+    """The version counters of the field's parameters and buffers: what a pass reads, and whose in-place
+    change between its forward and its backward the gradient engines refuse."""
+    return [t._version for t in (*field.parameters(), *field.buffers())]
 
 
 def parameter_gradients(table: dict[str, Tensor], grads: dict[str, Tensor], params: list[Tensor]) -> list:
@@ -344,8 +346,7 @@ def parameter_gradients(table: dict[str, Tensor], grads: dict[str, Tensor], para
 
 def check_versions(field, versions: list[int], what: str) -> None:
     """Raise if a parameter or buffer of ``field`` changed in place since ``versions`` were taken."""
-    params, buffers = field_tensors(field)
-    now = [t._version for t in (*params, *buffers)]
+    now = tensor_versions(field)
     if now != versions:
         names = [n for n, _ in field.named_parameters()] + [n for n, _ in field.named_buffers()]
         changed = [n for n, a, b in zip(names, now, versions) if a != b] or ["(the set of tensors)"]
@@ -371,7 +372,7 @@ class FusedFlow(torch.autograd.Function):
             tapes: list | None = None if spec.reversible else []
             out = _run(spec, y0.reshape(-1, field.dim), ops, tapes)
         ctx.spec, ctx.shape, ctx.ops = spec, y0.shape, ops
-        ctx.versions = [t._version for t in (*params, *field.buffers())]
+        ctx.versions = tensor_versions(field)
         flat, ctx.tape_widths = _flatten_tapes(tapes or [])
         ctx.save_for_backward(y0, out, *flat)
         return out.reshape(y0.shape)

@@ -231,15 +231,15 @@ class HamiltonianNet(nn.Module):
 
     def solve(self, y0: Tensor, trajectory: bool = False) -> Solution:
         """The final state (or, with ``trajectory``, all states) and the solver statistics."""
-        y0 = self._input(y0)
-        device_type = y0.device.type
-        if _autocast_on(device_type):
-            with torch.autocast(device_type, enabled=False):
+        autocast = isinstance(y0, Tensor) and _autocast_on(y0.device.type)
+        y0 = self._input(y0, autocast)
+        if autocast:
+            with torch.autocast(y0.device.type, enabled=False):
                 return self._solve(y0, trajectory)
         return self._solve(y0, trajectory)
 
-    def _input(self, y0: Tensor) -> Tensor:
-        if isinstance(y0, Tensor) and y0.is_floating_point() and _autocast_on(y0.device.type):
+    def _input(self, y0: Tensor, autocast: bool) -> Tensor:
+        if autocast and y0.is_floating_point():
             ref = self.field.reference_tensor()
             if ref is not None and y0.dtype != ref.dtype and y0.device == ref.device:
                 y0 = y0.to(ref.dtype)
@@ -280,7 +280,7 @@ class HamiltonianNet(nn.Module):
         Used by diagnostics to tap or perturb the boundary states; the result is ``y(T)`` (autograd
         reference path; torchdiffeq solves one layer at a time, statistics summed over the layers).
         """
-        y0 = self._input(y0)
+        y0 = self._input(y0, isinstance(y0, Tensor) and _autocast_on(y0.device.type))
         disc = self._disc
         y = at_boundary(0, y0)
         if disc.integrator is None:

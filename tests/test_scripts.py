@@ -139,3 +139,19 @@ def test_table1_refuses_to_mix_recipes(tmp_path, capsys):
         with pytest.raises(SystemExit):
             script.main(["--out", str(tmp_path / "bad"), "--integrator-for", bad])
         assert "expected ARCH=INTEGRATOR" in capsys.readouterr().err
+
+
+def test_bench_engine_ab_refuses_bad_arguments(tmp_path, capsys):
+    ab = load("bench_engine_ab")
+    with pytest.raises(SystemExit):
+        ab.main(["--baseline", str(SCRIPTS.parent), "--repeats", "0", "--out", str(tmp_path)])
+    assert "--repeats must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"--baseline .*: no hamode/__init__.py there"):
+        ab.main(["--baseline", str(tmp_path), "--out", str(tmp_path)])
+
+
+def test_bench_engine_ab_times_a_cell_against_a_baseline():
+    """One cell, this checkout against itself: the two engines agree and the ratios are formed."""
+    ab = load("bench_engine_ab")
+    row = ab.cell(ab.load_baseline(SCRIPTS.parent), "leapfrog", "H2", 4, 8, repeats=3)
+    assert row[:4] == ["leapfrog", "H2", 4, 8] and all(x > 0 for x in row[4:])

@@ -15,6 +15,8 @@ from ..validation import check_int
 __all__ = ["INITS", "WEIGHT_PATHS", "Field", "FusedField", "LayerRHS", "fused_methods_missing"]
 
 WEIGHT_PATHS = ("piecewise", "constant", "linear")
+FUSED_POOL_ATTRIBUTE = "_fused_buffer_pool"
+"""The instance attribute where hamode.fused keeps a field's free buffer sets (scratch: never pickled or copied)."""
 INITS = ("default", "normal")
 
 
@@ -63,7 +65,7 @@ class Field(nn.Module):
     def __getstate__(self) -> dict:
         # the fused engine's free buffer sets (hamode.fused) are scratch memory: not pickled, not deep-copied
         state = self.__dict__.copy()
-        state.pop("_fused_buffer_pool", None)
+        state.pop(FUSED_POOL_ATTRIBUTE, None)
         return state
 
     # ---------------------------------------------------------------- parameters

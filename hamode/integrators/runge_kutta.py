@@ -40,7 +40,6 @@ class RungeKutta(Integrator):
     c: ClassVar[tuple[float, ...] | None] = None
     consumers: ClassVar[tuple[tuple[tuple[int, float], ...], ...]] = ()
     _forward_plan: ClassVar[tuple] = ()
-    _vjp_plan: ClassVar[tuple] = ()
     _vjp_order: ClassVar[tuple] = ()
     _n_sums: ClassVar[int] = 1
     """Derived: per stage i, the ``(m, weight)`` that read ``k_i`` (``m = -1``: the output, weight ``b_i``)."""
@@ -85,7 +84,6 @@ class RungeKutta(Integrator):
             used = sorted(used, key=lambda u: u[0] != _OUT)  # lead with the output's weight when there is one
             lead_w = used[0][1]
             vjp.append((slot[used[0][0]], lead_w, tuple((slot[m], w / lead_w) for m, w in used[1:])))
-        cls._vjp_plan = tuple(vjp)
         cls._vjp_order = tuple((i, *vjp[i]) for i in reversed(range(s)))
         cls._n_sums = s + 1
         cls.evaluations = float(s)
