@@ -7,7 +7,6 @@ STAMP  := $(VENV)/.hamode-installed
 .PHONY: install data train test test-slow lint clean
 
 CONFIG ?= configs/mnist_h2.yaml
-RUN    ?= $(basename $(notdir $(CONFIG)))
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +23,7 @@ data: install
 # Train the default H-DNN (TAC's H2 on MNIST), then test its best checkpoint and print the test accuracy.
 train: data
 	$(VENV)/bin/hamode fit --config $(CONFIG)
-	$(VENV)/bin/hamode test --config $(CONFIG) --ckpt_path outputs/$(RUN)/checkpoints/best.ckpt
+	$(VENV)/bin/hamode test --config $(CONFIG) --ckpt_path best
 
 test: install
 	$(PY) -m pytest -q

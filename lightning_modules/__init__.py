@@ -1,15 +1,17 @@
 """The training system: LightningModule, DataModules, callbacks and the ``hamode`` CLI."""
 
-from .callbacks import NonFiniteGuard, NonFiniteLossError, SensitivityMonitor
+from .callbacks import LastCheckpoint, NonFiniteGuard, NonFiniteLossError, PredictionWriter, SensitivityMonitor
 from .data import InMemoryLoader, MNISTDataModule, Toy2DDataModule
 from .module import HDNNClassifier
 
 __all__ = [
     "HDNNClassifier",
     "InMemoryLoader",
+    "LastCheckpoint",
     "MNISTDataModule",
     "NonFiniteGuard",
     "NonFiniteLossError",
+    "PredictionWriter",
     "SensitivityMonitor",
     "Toy2DDataModule",
 ]

@@ -1,30 +1,68 @@
-"""The ``hamode`` command: LightningCLI over HDNNClassifier and the data modules.
+"""The ``hamode`` command: LightningCLI over HDNNClassifier and the data modules, plus ``hamode compare``.
 
 hamode fit --config configs/mnist_h2.yaml
-hamode test --config configs/mnist_h2.yaml --ckpt_path outputs/mnist_h2/checkpoints/best.ckpt
+hamode test --config configs/mnist_h2.yaml --ckpt_path best
 hamode fit --config configs/swiss_roll_h1.yaml --model.integrator=rk4 --trainer.max_epochs=5
+hamode compare --config configs/swiss_roll_h1.yaml --integrators euler,rk4 --seeds 3 --out outputs/compare
+
+Every run writes into its own folder ``<save_dir>/<name>/version_N`` (the logger's): the logs, the config,
+and ``checkpoints/best.ckpt`` (best validation accuracy) and ``checkpoints/last.ckpt`` (the last completed
+epoch). ``--ckpt_path last`` / ``--ckpt_path best`` name those of the newest run of the config that has one;
+``fit --ckpt_path`` continues that run in its own folder.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from .callbacks import NonFiniteGuard
+from .callbacks import LastCheckpoint, NonFiniteGuard, PredictionWriter
 from .module import HDNNClassifier
 
 TRAINED_DISCRETISATION = ("architecture", "n_layers", "t_end", "h", "integrator", "substeps", "gradient")
 """Hyper-parameters that define the trained network's discretisation: a checkpoint fixes them."""
 EVALUATION_DISCRETISATION = ("eval_integrator", "eval_substeps")
 """Hyper-parameters of evaluation only: the command line's values win over a checkpoint's."""
+CHECKPOINT_ALIASES = ("last", "best")
+"""``--ckpt_path`` values that name a checkpoint of the config's newest run (``last.ckpt`` / ``best.ckpt``)."""
+LOG_DIR_PATTERN = re.compile(r"version_(\d+)$")
+
+
+class _DropTips(logging.Filter):
+    """Lightning's advertising tips ("💡 Tip: ... litlogger") are not printed by hamode."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's tips and the one known torch deprecation warning raised inside Lightning 2.6
+    (``isinstance(treespec, LeafSpec)``); every other warning still shows."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def _run_folders(root: Path) -> list[Path]:
+    """``root/version_N`` folders, newest (largest N) first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := LOG_DIR_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
 
 
 class HamodeCLI(LightningCLI):
-    """LightningCLI with a checkpoint callback (best by validation accuracy + last) and the NaN guard always on.
+    """LightningCLI with per-run checkpoints (best by validation accuracy, last completed epoch), the NaN /
+    divergence guard always on, ``last``/``best`` checkpoint aliases, and checks that nothing asked is dropped.
 
     With ``--ckpt_path FILE``, Lightning lays the checkpoint's hyper-parameters over the command line. hamode
     keeps what was asked instead of silently dropping it: ``--model.eval_integrator`` / ``--model.eval_substeps``
@@ -33,16 +71,104 @@ class HamodeCLI(LightningCLI):
     with both shown, unless ``--allow_discretisation_change=true``.
     """
 
+    def init_parser(self, **kwargs: Any):
+        parser = super().init_parser(**kwargs)
+        parser.epilog = (
+            "hamode compare --help: train one config under several integrators (and seeds) and compare them. "
+            "--ckpt_path last / best: the newest run's last.ckpt / best.ckpt."
+        )
+        return parser
+
+    # ------------------------------------------------------------ checkpoints of runs
+    def _logger_root(self, cfg) -> Path | None:
+        """``<save_dir>/<name>`` of the configured logger (None: no file logger)."""
+        logger = cfg["trainer"].get("logger")
+        if isinstance(logger, list):
+            logger = logger[0] if logger else None
+        if logger is None or isinstance(logger, bool) or not hasattr(logger, "get"):
+            return None
+        init = logger.get("init_args") or {}
+        save_dir = init.get("save_dir") or cfg["trainer"].get("default_root_dir") or "."
+        name = init.get("name", "lightning_logs")
+        return Path(save_dir) / (name or "")
+
+    def _resolve_alias(self, subcommand: str, cfg) -> None:
+        alias = cfg.get("ckpt_path")
+        if alias not in CHECKPOINT_ALIASES:
+            return
+        filename = f"{alias}.ckpt"
+        dirpath = cfg["checkpoint"].get("dirpath")
+        if dirpath:
+            candidates = [Path(dirpath) / filename]
+            where = str(Path(dirpath))
+        else:
+            root = self._logger_root(cfg)
+            if root is None:
+                raise SystemExit(
+                    f"hamode {subcommand}: --ckpt_path {alias} needs a file logger (trainer.logger) or "
+                    "--checkpoint.dirpath to find the runs; give the checkpoint file instead"
+                )
+            candidates = [run / "checkpoints" / filename for run in _run_folders(root)]
+            where = f"{root}/version_*/checkpoints"
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise SystemExit(f"hamode {subcommand}: --ckpt_path {alias}: no {filename} in {where}")
+        cfg["ckpt_path"] = str(found)
+        print(f"hamode {subcommand}: --ckpt_path {alias} is {found}", flush=True)
+
+    def _run_of(self, cfg) -> Path | None:
+        """The run folder (``<save_dir>/<name>/version_N``) that holds ``cfg.ckpt_path``, or None."""
+        ckpt = Path(cfg["ckpt_path"]).resolve()
+        run = ckpt.parent.parent
+        root = self._logger_root(cfg)
+        if ckpt.parent.name != "checkpoints" or not LOG_DIR_PATTERN.match(run.name) or root is None:
+            return None
+        return run if run.parent == root.resolve() else None
+
+    def _set_logger_version(self, cfg, version: int | str) -> None:
+        logger = cfg["trainer"]["logger"]
+        logger = logger[0] if isinstance(logger, list) else logger
+        logger["init_args"]["version"] = version
+
+    def _continue_run(self, subcommand: str, cfg) -> None:
+        """``fit --ckpt_path <run>/checkpoints/X.ckpt`` continues that run in its own folder (same version);
+        test/validate/predict from a run's checkpoint log into ``<run>/<subcommand>_K``."""
+        run = self._run_of(cfg)
+        if run is None:
+            return  # a checkpoint from elsewhere: a new run that starts from (or evaluates) it
+        if subcommand != "fit":
+            k = 0
+            while (run / f"{subcommand}_{k}").exists():
+                k += 1
+            self._set_logger_version(cfg, f"{run.name}/{subcommand}_{k}")
+            return
+        self._set_logger_version(cfg, int(LOG_DIR_PATTERN.match(run.name).group(1)))
+        metrics = run / "metrics.csv"
+        if metrics.is_file():  # the CSV logger starts its file afresh: keep the earlier epochs' rows
+            n = 1
+            while (run / f"metrics-before-resume-{n}.csv").exists():
+                n += 1
+            metrics.rename(run / f"metrics-before-resume-{n}.csv")
+        # both warn that the folder is not empty: it is this run's, continued on purpose
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty.*")
+        print(f"hamode fit: continuing the run in {run}", flush=True)
+
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not subcommand:
+            return super()._parse_ckpt_path()
+        cfg = self.config[subcommand]
+        self._resolve_alias(subcommand, cfg)
+        ckpt_path = cfg.get("ckpt_path")
         if not (ckpt_path and Path(ckpt_path).is_file()):
             return super()._parse_ckpt_path()
-        asked = self.config[subcommand]["model"].clone()
-        super()._parse_ckpt_path()
-        saved = self.config[subcommand]["model"]
+        asked = cfg["model"].clone()
+        super()._parse_ckpt_path()  # replaces self.config
+        cfg = self.config[subcommand]
+        saved = cfg["model"]
         changed = [(k, asked.get(k), saved.get(k)) for k in TRAINED_DISCRETISATION if asked.get(k) != saved.get(k)]
-        if changed and not self.config[subcommand].get("allow_discretisation_change"):
+        if changed and not cfg.get("allow_discretisation_change"):
             lines = "\n".join(f"  {k}: asked {a!r}, checkpoint {b!r}" for k, a, b in changed)
             hint = (
                 "resuming would silently train another network"
@@ -56,6 +182,7 @@ class HamodeCLI(LightningCLI):
         for key in EVALUATION_DISCRETISATION:
             if asked.get(key) is not None:
                 saved[key] = asked[key]
+        self._continue_run(subcommand, cfg)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -64,30 +191,57 @@ class HamodeCLI(LightningCLI):
             default=False,
             help="with --ckpt_path: take the checkpoint's discretisation where the config asks for another one",
         )
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,
                 "checkpoint.filename": "best",
                 "checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(NonFiniteGuard, "nan_guard")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
+
+    def before_instantiate_classes(self) -> None:
+        quiet_lightning()
+        if self.config.get("subcommand") not in (None, "fit"):
+            # evaluation restores the checkpoint callbacks' state into another folder: nothing is lost
+            warnings.filterwarnings("ignore", message=r"The dirpath has changed from .*")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        subcommand = self.config.get("subcommand")
+        cfg = self.config[subcommand] if subcommand else self.config
+        # last.ckpt (every completed epoch, and on an interrupt) in the same folder as best.ckpt
+        trainer.callbacks.append(LastCheckpoint(dirpath=cfg["checkpoint"].get("dirpath")))
+        return trainer
 
     def after_test(self) -> None:
         metrics = self.trainer.callback_metrics
         if "test/acc" in metrics and self.trainer.is_global_zero:
-            where = ""
-            if self.model.net is not None:
-                name, substeps = self.model.net.integrator_name, self.model.net.substeps
-                where = f" ({name}, {substeps} substep{'' if substeps == 1 else 's'})"
-            print(f"test accuracy: {100 * float(metrics['test/acc']):.2f} %{where}")
+            print(f"test accuracy: {100 * float(metrics['test/acc']):.2f} %{describe(self.model)}")
+
+    def after_predict(self) -> None:
+        writer = next((cb for cb in self.trainer.callbacks if isinstance(cb, PredictionWriter)), None)
+        if writer is not None and writer.written is not None and self.trainer.is_global_zero:
+            print(f"predictions: {writer.written}{describe(self.model)}")
+
+
+def describe(model: HDNNClassifier) -> str:
+    """`` (rk4, 1 substep)``: the discretisation the model's net evaluates with now ('' without a net)."""
+    if model.net is None:
+        return ""
+    name, substeps = model.net.integrator_name, model.net.substeps
+    return f" ({name}, {substeps} substep{'' if substeps == 1 else 's'})"
 
 
 def cli(args: list[str] | None = None, run: bool = True) -> HamodeCLI:
     """Build (and with ``run=True`` run) the CLI; returns it (tests use ``run=False``)."""
+    quiet_lightning()
     return HamodeCLI(
         HDNNClassifier,
         L.LightningDataModule,
@@ -102,7 +256,13 @@ def cli(args: list[str] | None = None, run: bool = True) -> HamodeCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``hamode`` console script."""
+    """Entry point of the ``hamode`` console script (``hamode compare`` goes to :mod:`lightning_modules.compare`)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] == "compare":
+        from .compare import main as compare_main
+
+        compare_main(argv[1:])
+        return
     cli(args)
 
 

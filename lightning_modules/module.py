@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import Accuracy
 
+from hamode import list_architectures, list_integrators
 from hamode.models import MNISTHDNN, Toy2DClassifier
+from hamode.net import GradientMode
 
 __all__ = ["TASKS", "HDNNClassifier"]
 
@@ -25,31 +27,41 @@ class HDNNClassifier(L.LightningModule):
     so ``load_from_checkpoint`` rebuilds the same discretisation.
 
     Args:
-        task: ``"mnist"`` (:class:`hamode.models.MNISTHDNN`) or ``"toy2d"`` (:class:`hamode.models.Toy2DClassifier`).
-        architecture: a name from :func:`hamode.list_architectures`.
-        dim: state size (toy2d) or channels C (mnist).
+        task: ``mnist`` (hamode.models.MNISTHDNN: conv embedding, an H-DNN on every pixel, linear head) or
+            ``toy2d`` (hamode.models.Toy2DClassifier: 2-D points, zero-padded state, linear head).
+        architecture: the Hamiltonian field, one of {ARCHITECTURES}.
+        dim: state size (toy2d) or channels C of every pixel (mnist).
         width: hidden size m of K (None: the architecture's default).
-        n_layers: layers N (mnist: 0 is the conv + linear baseline).
-        t_end, h: final time, or the layer step (``t_end = N h``); give one.
-        integrator: training discretisation (name, ``"torchdiffeq:<method>"``, or None for the default).
-        substeps: steps per layer.
-        gradient: ``"backprop"``, ``"reversible"`` or ``"adjoint"``.
-        activation, weights, init, solver_options: see :func:`hamode.models.build_net`.
-        alpha: weight of the smoothness regulariser (L4DC eq. 12).
-        optimizer: ``"adam"``, ``"adamw"`` or ``"sgd"``.
-        lr: learning rate.
+        n_layers: layers N (mnist: 0 is the conv + linear baseline without an H-DNN).
+        t_end: final time T of the flow (give t_end or h, not both).
+        h: layer step, T = n_layers * h (give t_end or h, not both).
+        integrator: training discretisation, one of {INTEGRATORS}, or ``torchdiffeq:<method>`` (an adaptive
+            or fixed-grid torchdiffeq solve, e.g. torchdiffeq:dopri5), or None for the architecture's default.
+        substeps: integrator steps per layer (>= 1).
+        gradient: ``backprop`` (through the steps), ``reversible`` (O(1) memory: states rebuilt by the
+            inverse step; invertible rules only) or ``adjoint`` (torchdiffeq's adjoint solve).
+        activation: the activation σ of the field.
+        weights: ``piecewise`` (one weight set per layer, the papers), ``constant`` (one set: a
+            time-invariant ODE) or ``linear`` (interpolated between N + 1 nodes).
+        init: ``default`` (N(0, 1/fan_in) matrices) or ``normal`` (N(0, 1), the papers' 2-D recipe).
+        solver_options: options of the torchdiffeq solve, e.g. {{rtol: 1e-4, atol: 1e-5}}.
+        alpha: weight of the smoothness regulariser (L4DC eq. 12), >= 0.
+        optimizer: ``adam``, ``adamw`` or ``sgd`` (momentum 0.9).
+        lr: learning rate (> 0).
         weight_decay: weight decay on the non-H-DNN layers (conv, classifier head).
         hdnn_weight_decay: weight decay on the H-DNN weights (they also get the smoothness regulariser).
-        lr_schedule: ``"exponential"`` (× ``lr_gamma`` per epoch, the papers), ``"onecycle"`` (per step),
-            ``"cosine"`` (per epoch) or ``"none"``.
-        lr_gamma: decay factor per epoch for the exponential schedule.
-        eval_integrator, eval_substeps: evaluate (validate/test/predict) under another discretisation.
-        head: toy2d only, ``"logit"`` or ``"softmax"``.
+        lr_schedule: ``exponential`` (x lr_gamma per epoch, the papers), ``onecycle`` (per step),
+            ``cosine`` (per epoch) or ``none``.
+        lr_gamma: decay factor per epoch of the exponential schedule, in (0, 1].
+        eval_integrator: evaluate (validate/test/predict) under this integrator instead of the training one
+            (same names as integrator; None: the training one).
+        eval_substeps: evaluate with this many substeps per layer (None: the training value).
+        head: toy2d only: ``logit`` (one logit, logistic loss) or ``softmax`` (two classes).
     """
 
     def __init__(
         self,
-        task: str = "mnist",
+        task: Literal["mnist", "toy2d"] = "mnist",
         architecture: str = "H2",
         dim: int = 8,
         width: int | None = None,
@@ -58,21 +70,21 @@ class HDNNClassifier(L.LightningModule):
         h: float | None = 0.5,
         integrator: str | None = None,
         substeps: int = 1,
-        gradient: str = "backprop",
-        activation: str = "tanh",
-        weights: str = "piecewise",
-        init: str = "default",
+        gradient: GradientMode = "backprop",
+        activation: Literal["tanh", "relu", "sigmoid"] = "tanh",
+        weights: Literal["piecewise", "constant", "linear"] = "piecewise",
+        init: Literal["default", "normal"] = "default",
         solver_options: dict[str, Any] | None = None,
         alpha: float = 1e-3,
-        optimizer: str = "adam",
+        optimizer: Literal["adam", "adamw", "sgd"] = "adam",
         lr: float = 0.04,
         weight_decay: float = 2e-4,
         hdnn_weight_decay: float = 0.0,
-        lr_schedule: str = "exponential",
+        lr_schedule: Literal["exponential", "onecycle", "cosine", "none"] = "exponential",
         lr_gamma: float = 0.8,
         eval_integrator: str | None = None,
         eval_substeps: int | None = None,
-        head: str = "logit",
+        head: Literal["logit", "softmax"] = "logit",
     ) -> None:
         super().__init__()
         if task not in TASKS:
@@ -218,7 +230,6 @@ class HDNNClassifier(L.LightningModule):
         self.log("train/regularizer", reg)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         self._log_solver_stats("train")
-        self._last_loss = total.detach()
         return total
 
     def _eval_step(self, batch, stage: str, metric) -> None:
@@ -237,10 +248,16 @@ class HDNNClassifier(L.LightningModule):
         self._check_inputs(batch[0], "test", batch_idx)
         self._eval_step(batch, "test", self.test_acc)
 
-    def predict_step(self, batch, batch_idx: int) -> Tensor:
+    def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        """``{"class": (B,), "probs": (B, n_classes)}`` for a batch of inputs."""
         self._check_inputs(batch[0], "predict", batch_idx)
         logits = self(batch[0])
-        return (logits > 0).long() if logits.dim() == 1 else logits.argmax(-1)
+        if logits.dim() == 1:  # logistic head: P(class 1) = sigmoid(logit)
+            p1 = torch.sigmoid(logits)
+            probs = torch.stack([1 - p1, p1], dim=-1)
+        else:
+            probs = logits.softmax(-1)
+        return {"class": probs.argmax(-1), "probs": probs}
 
     # ------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -275,3 +292,9 @@ class HDNNClassifier(L.LightningModule):
                 "interval": "step",
             }
         return {"optimizer": opt, "lr_scheduler": sched}
+
+
+# The names in the help text come from the registries, so they cannot go stale.
+HDNNClassifier.__doc__ = HDNNClassifier.__doc__.format(
+    ARCHITECTURES=", ".join(list_architectures()), INTEGRATORS=", ".join(list_integrators())
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -220,20 +221,31 @@ class _NaNLossAt(HDNNClassifier):
         return (loss * float("nan") if getattr(self, "_nan_now", False) else loss), pred
 
 
-def test_nonfinite_guard_stops_and_keeps_last_checkpoint(tmp_path):
-    from lightning_modules import NonFiniteGuard
+def test_nonfinite_guard_stops_and_keeps_the_last_finite_weights(tmp_path):
+    from lightning_modules import LastCheckpoint, NonFiniteGuard
 
     L.seed_everything(0)
     model = _NaNLossAt(**_toy().hparams)
-    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0, every_n_train_steps=1)
-    trainer = _trainer(tmp_path, max_epochs=1, callbacks=[NonFiniteGuard(), ckpt], num_sanity_val_steps=0)
+    trainer = _trainer(
+        tmp_path, max_epochs=1, callbacks=[NonFiniteGuard(), LastCheckpoint(dirpath=tmp_path)], num_sanity_val_steps=0
+    )
     data = Toy2DDataModule("double_moons", n_samples=600, batch_size=50)
-    with pytest.raises(NonFiniteLossError, match=r"stopping at step 3 \(epoch 0\): the loss is nan.*last.ckpt"):
+    expected = rf"stopping at step 3 \(epoch 0\): the loss is nan.*weights of step 2.*{tmp_path / 'last_finite.ckpt'}"
+    with pytest.raises(NonFiniteLossError, match=expected):
         trainer.fit(model, data)
-    state = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert state["global_step"] == 3
+    state = torch.load(tmp_path / "last_finite.ckpt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not (tmp_path / "last.ckpt").exists()  # no epoch completed; the NaN is no interrupt to save
+
+
+def test_nonfinite_guard_arguments_are_checked():
+    from lightning_modules import NonFiniteGuard
+
+    with pytest.raises(ValueError, match=r"divergence_factor must be a finite number > 1 or None, got 0\.5"):
+        NonFiniteGuard(divergence_factor=0.5)
+    with pytest.raises(ValueError, match=r"smoothing must be a number in \[0, 1\), got 1"):
+        NonFiniteGuard(smoothing=1)
 
 
 def test_sensitivity_monitor_logs_and_h2_norms_stay_above_one(tmp_path):
@@ -344,7 +356,7 @@ def trained_swiss_roll(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = str(ROOT / "configs/swiss_roll_h1.yaml")
     cli(["fit", "--config", config, "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false"])
-    ckpt = tmp_path / "outputs/swiss_roll_h1/checkpoints/last.ckpt"
+    ckpt = tmp_path / "outputs/swiss_roll_h1/version_0/checkpoints/last.ckpt"
     assert ckpt.is_file()
     return config, str(ckpt)
 
@@ -401,3 +413,129 @@ def test_non_finite_inputs_are_refused_in_training_and_evaluation(value, tmp_pat
         model.training_step(batch, 5)
     with pytest.raises(ValueError, match="test batch 0 has 1 non-finite input values"):
         model.test_step(batch, 0)
+
+
+SWISS = str(ROOT / "configs/swiss_roll_h1.yaml")
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def _fit(*extra):
+    return cli(["fit", "--config", SWISS, *QUIET, *extra])
+
+
+def test_last_ckpt_is_the_last_completed_epoch_and_best_is_kept_apart(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c = _fit("--trainer.max_epochs=3", "--data.init_args.n_samples=800")
+    ckpts = tmp_path / "outputs/swiss_roll_h1/version_0/checkpoints"
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == c.trainer.global_step
+    best = torch.load(ckpts / "best.ckpt", weights_only=True)
+    scores = [
+        v["best_model_score"]
+        for k, v in best["callbacks"].items()
+        if k.startswith("ModelCheckpoint{'monitor': 'val/acc'")
+    ]
+    assert best["epoch"] <= 2 and scores  # best by validation accuracy, its own file
+
+
+def test_two_runs_of_one_config_keep_both_runs_checkpoints(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _fit("--trainer.max_epochs=1", "--data.init_args.n_samples=400", "--seed_everything=1")
+    first = (tmp_path / "outputs/swiss_roll_h1/version_0/checkpoints/last.ckpt").read_bytes()
+    _fit("--trainer.max_epochs=1", "--data.init_args.n_samples=400", "--seed_everything=2")
+    runs = tmp_path / "outputs/swiss_roll_h1"
+    assert (runs / "version_0/checkpoints/last.ckpt").read_bytes() == first
+    assert (runs / "version_1/checkpoints/best.ckpt").is_file()
+    # `--ckpt_path last` names the newest run's last.ckpt
+    cli(["test", "--config", SWISS, "--ckpt_path", "last", "--data.init_args.n_samples=400", *QUIET])
+    assert "--ckpt_path last is outputs/swiss_roll_h1/version_1/checkpoints/last.ckpt" in capsys.readouterr().out
+    assert (runs / "version_1/test_0/metrics.csv").is_file()  # the evaluation logs inside the run it evaluated
+
+
+def test_ckpt_path_alias_without_a_run_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        SystemExit, match=r"--ckpt_path best: no best.ckpt in outputs/swiss_roll_h1/version_\*/checkpoints"
+    ):
+        cli(["test", "--config", SWISS, "--ckpt_path", "best"])
+
+
+def test_fit_ckpt_path_last_continues_the_same_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fit("--trainer.max_epochs=1", "--data.init_args.n_samples=400")
+    c = _fit("--trainer.max_epochs=2", "--data.init_args.n_samples=400", "--ckpt_path", "last")
+    run = tmp_path / "outputs/swiss_roll_h1/version_0"
+    assert Path(c.trainer.log_dir).resolve() == run.resolve()
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=True)["epoch"] == 1
+    assert not (run.parent / "version_1").exists()
+    assert (run / "metrics-before-resume-1.csv").is_file() and (run / "metrics.csv").is_file()
+    # resuming a finished run trains nothing
+    done = _fit("--trainer.max_epochs=2", "--data.init_args.n_samples=400", "--ckpt_path", "last")
+    assert done.trainer.global_step == c.trainer.global_step
+
+
+def test_divergence_stops_with_the_step_named_and_leaves_finite_weights(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--trainer.max_epochs=1", "--data.init_args.n_samples=400", "--model.lr=1e4", "--model.lr_schedule=none"]
+    with pytest.raises(
+        NonFiniteLossError, match=r"stopping at step \d+ \(epoch 0\): the (loss diverged|loss is nan)"
+    ) as e:
+        _fit(*args)
+    assert "last_finite.ckpt" in str(e.value)
+    path = tmp_path / "outputs/swiss_roll_h1/version_0/checkpoints/last_finite.ckpt"
+    model = HDNNClassifier.load_from_checkpoint(path, weights_only=True)
+    dm = Toy2DDataModule("swiss_roll", n_samples=400)
+    dm.setup()
+    with torch.no_grad():
+        assert torch.isfinite(model(dm.test_set[0])).all()
+
+
+def test_predict_writes_classes_probabilities_and_the_discretisation(trained_swiss_roll, capsys):
+    config, ckpt = trained_swiss_roll
+    c = cli(["predict", "--config", config, "--ckpt_path", ckpt, "--model.eval_integrator=rk4", *QUIET])
+    out = capsys.readouterr().out
+    path = Path(ckpt).parents[1] / "predict_0/predictions.csv"
+    assert "predictions: outputs/swiss_roll_h1/version_0/predict_0/predictions.csv (rk4, 1 substep)" in out
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    x = c.datamodule.test_set[0]
+    model = HDNNClassifier.load_from_checkpoint(ckpt, weights_only=True)
+    model.net.set_integrator("rk4")
+    with torch.no_grad():
+        p1 = torch.sigmoid(model(x))
+    assert len(rows) == len(x)
+    assert {r["integrator"] for r in rows} == {"rk4"} and {r["substeps"] for r in rows} == {"1"}
+    got = torch.tensor([float(r["p_1"]) for r in rows], dtype=p1.dtype)
+    assert torch.allclose(got, p1, atol=1e-6)
+    assert [int(r["class"]) for r in rows] == (p1 > 0.5).long().tolist()
+    assert all(abs(float(r["p_0"]) + float(r["p_1"]) - 1) < 1e-5 for r in rows)
+
+
+def test_help_lists_the_choices_and_every_argument_has_help(capsys):
+    with pytest.raises(SystemExit):
+        cli(["fit", "--help"])
+    text = capsys.readouterr().out
+    from hamode import list_architectures, list_integrators
+
+    blocks = re.split(r"\n  (?=--)", text)
+    ours = [b for b in blocks if b.startswith(("--model.", "--nan_guard.", "--predictions.", "--allow_"))]
+    assert len(ours) > 25
+    helps = {b.split()[0]: re.split(r"\s{2,}", b.strip(), maxsplit=1)[-1] for b in ours}
+    undocumented = [name for name, text in helps.items() if text.startswith("(type")]
+    assert not undocumented, undocumented
+    flat = re.sub(r"\s+", "", text)
+    for name in [*list_integrators(), *list_architectures()]:
+        assert name in flat, name
+    assert "{exponential,onecycle,cosine,none}" in flat and "{backprop,reversible,adjoint}" in flat
+    with pytest.raises(SystemExit):
+        cli(["fit", "--config", SWISS, "--model.gradient=sideways"])
+
+
+def test_the_hamode_command_trains_without_lightning_tips_or_known_warnings(tmp_path):
+    exe = Path(sys.executable).parent / "hamode"
+    cmd = [str(exe), "fit", "--config", SWISS, "--trainer.max_epochs=1", "--trainer.limit_train_batches=3", *QUIET]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = done.stdout + done.stderr
+    assert "Tip" not in text and "LeafSpec" not in text and "args parameter is intended" not in text
+    assert (tmp_path / "outputs/swiss_roll_h1/version_0/checkpoints/last.ckpt").is_file()
