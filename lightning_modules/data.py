@@ -1,4 +1,4 @@
-"""LightningDataModules: MNIST (obtained offline, DESIGN.md §6) and the 2-D sets, served from memory."""
+"""LightningDataModules: MNIST (obtained offline, see hamode.data.mnist) and the 2-D sets, served from memory."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from hamode.data.mnist import MNISTError, obtain_mnist, verify_mnist
+from hamode.data.mnist import obtain_mnist, read_mnist, verify_mnist
 from hamode.data.toy2d import DATASETS, make_dataset, train_test_split
 
 __all__ = ["InMemoryLoader", "MNISTDataModule", "Toy2DDataModule"]
@@ -182,7 +182,7 @@ class _InMemoryDataModule(L.LightningDataModule):
 
 
 class Toy2DDataModule(_InMemoryDataModule):
-    """The 2-D sets of PAPER.md §5: ``n_samples`` points, half train, half test (seeded).
+    """The 2-D sets of the H-DNN papers: ``n_samples`` points, half train, half test (seeded).
 
     Args:
         dataset: ``"swiss_roll"``, ``"double_circles"`` or ``"double_moons"``.
@@ -224,8 +224,9 @@ class Toy2DDataModule(_InMemoryDataModule):
 
 
 class MNISTDataModule(_InMemoryDataModule):
-    """MNIST from the four raw IDX files, MD5-verified (obtained offline if needed, DESIGN.md §6),
-    parsed by ``torchvision.datasets.MNIST`` and served as normalised in-memory tensors.
+    """MNIST from the four raw IDX files, MD5-verified (obtained offline if needed, see
+    :mod:`hamode.data.mnist`), parsed by :func:`hamode.data.mnist.read_mnist` (never a stale
+    ``processed/`` cache) and served as normalised in-memory tensors.
 
     Args:
         data_dir: root folder; the raw files live in ``<data_dir>/MNIST/raw``.
@@ -287,25 +288,17 @@ class MNISTDataModule(_InMemoryDataModule):
         return lambda x, g: random_shift(x, shift, g, background)
 
     @staticmethod
-    def _tensors(root: str, train: bool) -> tuple[Tensor, Tensor]:
-        from torchvision.datasets import MNIST
-
-        ds = MNIST(root, train=train, download=False)
-        x = ds.data.to(torch.float32).div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
-        return x, ds.targets.clone()
+    def _tensors(images, labels) -> tuple[Tensor, Tensor]:
+        x = torch.from_numpy(images.copy()).to(torch.float32).div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)
+        return x.unsqueeze(1), torch.from_numpy(labels.astype("int64"))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        problems = verify_mnist(self.data_dir)
-        if problems:
-            raise MNISTError(
-                f"MNIST raw files in {self.data_dir!r} are not valid ({problems}); run prepare_data "
-                "(trainer.fit does) or hamode.data.mnist.obtain_mnist"
-            )
-        x, y = self._tensors(self.data_dir, train=True)
+        (train_images, train_labels), (test_images, test_labels) = read_mnist(self.data_dir)
+        x, y = self._tensors(train_images, train_labels)
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
         val, tr = perm[: self.val_split], perm[self.val_split :]
         self.train_set = (x[tr], y[tr])
         self.val_set = (x[val], y[val]) if self.val_split else None
-        self.test_set = self._tensors(self.data_dir, train=False)
+        self.test_set = self._tensors(test_images, test_labels)

@@ -539,3 +539,134 @@ def test_the_hamode_command_trains_without_lightning_tips_or_known_warnings(tmp_
     text = done.stdout + done.stderr
     assert "Tip" not in text and "LeafSpec" not in text and "args parameter is intended" not in text
     assert (tmp_path / "outputs/swiss_roll_h1/version_0/checkpoints/last.ckpt").is_file()
+
+
+def _raw_links(src: str, dst: Path, skip: str | None = None) -> Path:
+    """A data_dir whose raw files are symlinks to the real (verified) ones, except ``skip``."""
+    from hamode.data.mnist import MNIST_FILES, raw_dir
+
+    raw_dir(dst).mkdir(parents=True)
+    for name in MNIST_FILES:
+        if name != skip:
+            (raw_dir(dst) / name).symlink_to(raw_dir(src) / name)
+    return dst
+
+
+def test_a_stale_processed_cache_does_not_change_the_training_images(mnist_dir, tmp_path, caplog):
+    from lightning_modules import MNISTDataModule
+
+    data = _raw_links(mnist_dir, tmp_path / "d")
+    processed = data / "MNIST/processed"
+    processed.mkdir()
+    zeros = (torch.zeros(60000, 28, 28, dtype=torch.uint8), torch.zeros(60000, dtype=torch.long))
+    torch.save(zeros, processed / "training.pt")  # what torchvision < 0.9 left behind (and newer ones prefer)
+    torch.save((zeros[0][:10000], zeros[1][:10000]), processed / "test.pt")
+    dm = MNISTDataModule(data_dir=str(data), val_split=0)
+    with caplog.at_level("WARNING", logger="hamode.data.mnist"):
+        dm.setup()
+    assert "ignoring" in caplog.text and "processed" in caplog.text
+    x, y = dm.train_set
+    assert x.std() > 0.5 and len(set(y.tolist())) == 10
+    from hamode.data.mnist import read_mnist
+
+    (images, labels), _ = read_mnist(mnist_dir)
+    assert torch.equal(
+        y, torch.from_numpy(labels.astype("int64"))[torch.randperm(60000, generator=torch.Generator().manual_seed(0))]
+    )
+    assert int(images[0].sum()) > 0
+
+
+def test_interrupted_fetches_leave_no_temporary_files(mnist_dir, tmp_path, monkeypatch, caplog):
+    from hamode.data import mnist
+
+    data = _raw_links(mnist_dir, tmp_path / "d")
+    raw = mnist.raw_dir(data)
+    (raw / ".hamode-train-images-idx3-ubyte.x1y2").write_bytes(b"half a file")  # a killed process's leftovers
+    (raw / ".hamode-download.abc").mkdir()
+    with caplog.at_level("WARNING", logger="hamode.data.mnist"):
+        mnist.obtain_mnist(data, use_torchvision=False)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(mnist.MNIST_FILES)
+    assert "left by an interrupted fetch" in caplog.text
+    # an interrupt while a file is written removes its temporary
+    target = tmp_path / "w"
+    target.mkdir()
+
+    def interrupted(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mnist.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        mnist._atomic_write(target / "f", b"data", None)
+    assert list(target.iterdir()) == []
+
+
+def test_the_wheel_fallback_checks_its_sha256_and_logs_the_repair(mnist_dir, tmp_path, caplog):
+    import gzip
+    import zipfile
+
+    from hamode.data import mnist
+
+    data = _raw_links(mnist_dir, tmp_path / "d", skip="train-labels-idx1-ubyte")
+    (mnist.raw_dir(data) / "train-labels-idx1-ubyte").write_bytes(b"corrupt")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / mnist.WHEEL_FILE, "w") as z:  # a crafted wheel under the right name
+        z.writestr(mnist.WHEEL_MEMBER, gzip.compress(b"not mnist"))
+    with (
+        caplog.at_level("WARNING", logger="hamode.data.mnist"),
+        pytest.raises(mnist.MNISTError, match=rf"has SHA-256 [0-9a-f]{{64}}, expected {mnist.WHEEL_SHA256}"),
+    ):
+        mnist.obtain_mnist(data, use_torchvision=False, wheel_dir=wheels)
+    assert "removing corrupt" in caplog.text and "train-labels-idx1-ubyte" in caplog.text
+    assert not (mnist.raw_dir(data) / "train-labels-idx1-ubyte").exists()  # never read, never kept
+
+
+def test_decompression_is_capped():
+    import gzip
+
+    from hamode.data.mnist import MNISTError, gunzip_limited
+
+    bomb = gzip.compress(bytes(50 << 20))  # 50 MB of zeros in ~50 kB
+    assert len(bomb) < 100_000
+    with pytest.raises(MNISTError, match="decompresses to more than 1048576 bytes"):
+        gunzip_limited(bomb, 1 << 20)
+    assert gunzip_limited(gzip.compress(b"abc"), 3) == b"abc"
+    with pytest.raises(MNISTError, match="truncated"):
+        gunzip_limited(gzip.compress(b"abcdef" * 100)[:-12], 10_000)
+
+
+def test_last_ckpt_is_written_on_an_interrupt(tmp_path):
+    from lightning_modules import LastCheckpoint
+
+    class Interrupt(L.Callback):
+        def on_train_batch_end(self, trainer, *a):
+            if trainer.global_step == 7:
+                raise KeyboardInterrupt
+
+    L.seed_everything(0)
+    trainer = _trainer(tmp_path, max_epochs=3, callbacks=[Interrupt(), LastCheckpoint(dirpath=tmp_path)])
+    with pytest.raises(SystemExit):  # Lightning's graceful shutdown on Ctrl-C: on_exception hooks, then exit 1
+        trainer.fit(_toy(), Toy2DDataModule("double_moons", n_samples=600, batch_size=50))
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 7
+
+
+def test_tensorboard_logger_and_rich_progress_bar_extras(tmp_path, monkeypatch):
+    """`pip install -e '.[tensorboard,rich]'` (the dev extras include both): the CLI trains with either."""
+    monkeypatch.chdir(tmp_path)
+    logger = (
+        '{"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "tb", "name": "run"}}'
+    )
+    cli(
+        [
+            "fit",
+            "--config",
+            SWISS,
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            f"--trainer.logger={logger}",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.RichProgressBar",
+            "--trainer.enable_model_summary=false",
+        ]
+    )
+    run = tmp_path / "tb/run/version_0"
+    assert list(run.glob("events.out.tfevents.*")) and (run / "checkpoints/last.ckpt").is_file()

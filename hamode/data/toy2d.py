@@ -1,4 +1,4 @@
-"""The 2-D benchmark sets of the H-DNN papers (PAPER.md §5): swiss roll, double circles, double moons."""
+"""The 2-D benchmark sets of the H-DNN papers (L4DC 2022, TAC 2023): swiss roll, double circles, double moons."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["DATASETS", "make_dataset", "swiss_roll", "double_circles", "double_moons", "train_test_split"]
+__all__ = ["DATASETS", "double_circles", "double_moons", "make_dataset", "swiss_roll", "train_test_split"]
 
 
 def _counts(n: int, parts: int) -> list[int]:
@@ -17,8 +17,9 @@ def _counts(n: int, parts: int) -> list[int]:
     return base
 
 
-def swiss_roll(n_samples: int = 8000, noise: float = 0.0, generator: torch.Generator | None = None
-               ) -> tuple[Tensor, Tensor]:
+def swiss_roll(
+    n_samples: int = 8000, noise: float = 0.0, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Two interleaved spirals: radii ``linspace(0, 1)`` (label 1) and ``linspace(0.2, 1.2)`` (label 0),
     angle ``linspace(0, 4π)`` (endpoint excluded); optional uniform noise ±``noise`` per coordinate."""
     n1, n0 = _counts(n_samples, 2)
@@ -34,8 +35,9 @@ def swiss_roll(n_samples: int = 8000, noise: float = 0.0, generator: torch.Gener
     return x.float(), torch.cat(ys)
 
 
-def double_circles(n_samples: int = 8000, noise: float = 0.3, generator: torch.Generator | None = None
-                   ) -> tuple[Tensor, Tensor]:
+def double_circles(
+    n_samples: int = 8000, noise: float = 0.3, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Rings of radius 1, 2, 3, 4 labelled 0, 1, 0, 1, angles uniform, uniform noise ±``noise`` per coordinate."""
     xs, ys = [], []
     for n, r in zip(_counts(n_samples, 4), (1.0, 2.0, 3.0, 4.0)):
@@ -47,8 +49,9 @@ def double_circles(n_samples: int = 8000, noise: float = 0.3, generator: torch.G
     return x.float(), torch.cat(ys)
 
 
-def double_moons(n_samples: int = 8000, noise: float = 0.15, generator: torch.Generator | None = None
-                 ) -> tuple[Tensor, Tensor]:
+def double_moons(
+    n_samples: int = 8000, noise: float = 0.15, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Two interleaved two-moon pairs, the second shifted by +2 in x; upper moons label 0, lower moons 1;
     uniform noise ±``noise`` per coordinate."""
     xs, ys = [], []
@@ -70,8 +73,7 @@ DATASETS = {"swiss_roll": swiss_roll, "double_circles": double_circles, "double_
 _DEFAULT_NOISE = {"swiss_roll": 0.0, "double_circles": 0.3, "double_moons": 0.15}
 
 
-def make_dataset(name: str, n_samples: int = 8000, noise: float | None = None, seed: int = 0
-                 ) -> tuple[Tensor, Tensor]:
+def make_dataset(name: str, n_samples: int = 8000, noise: float | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Generate a named 2-D set (seeded). ``noise=None`` takes the papers' value."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
@@ -83,11 +85,12 @@ def make_dataset(name: str, n_samples: int = 8000, noise: float | None = None, s
     return DATASETS[name](n_samples, _DEFAULT_NOISE[name] if noise is None else float(noise), generator=g)
 
 
-def train_test_split(x: Tensor, y: Tensor, seed: int = 0, train_fraction: float = 0.5
-                     ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+def train_test_split(
+    x: Tensor, y: Tensor, seed: int = 0, train_fraction: float = 0.5
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """A seeded shuffle split (half/half by default, as in the papers)."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(x), generator=g)
-    k = int(round(train_fraction * len(x)))
+    k = round(train_fraction * len(x))
     tr, te = perm[:k], perm[k:]
     return (x[tr], y[tr]), (x[te], y[te])
