@@ -50,6 +50,8 @@ def quiet_lightning() -> None:
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # cli(args) is hamode's API (tests, hamode compare): the args given are the ones meant, whatever sys.argv holds
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended.*")
 
 
 def _run_folders(root: Path) -> list[Path]:
@@ -117,11 +119,11 @@ class HamodeCLI(LightningCLI):
         print(f"hamode {subcommand}: --ckpt_path {alias} is {found}", flush=True)
 
     def _run_of(self, cfg) -> Path | None:
-        """The run folder (``<save_dir>/<name>/version_N``) that holds ``cfg.ckpt_path``, or None."""
+        """The run folder (``<save_dir>/<name>/<version>``) that holds ``cfg.ckpt_path``, or None."""
         ckpt = Path(cfg["ckpt_path"]).resolve()
         run = ckpt.parent.parent
         root = self._logger_root(cfg)
-        if ckpt.parent.name != "checkpoints" or not LOG_DIR_PATTERN.match(run.name) or root is None:
+        if ckpt.parent.name != "checkpoints" or root is None:
             return None
         return run if run.parent == root.resolve() else None
 
@@ -142,7 +144,7 @@ class HamodeCLI(LightningCLI):
                 k += 1
             self._set_logger_version(cfg, f"{run.name}/{subcommand}_{k}")
             return
-        self._set_logger_version(cfg, int(LOG_DIR_PATTERN.match(run.name).group(1)))
+        self._set_logger_version(cfg, run.name)
         metrics = run / "metrics.csv"
         if metrics.is_file():  # the CSV logger starts its file afresh: keep the earlier epochs' rows
             n = 1

@@ -59,15 +59,19 @@ def test_distributed_h2_locality(tmp_path):
     assert int(rows["sparse"][2]) < int(rows["full"][2])
 
 
-def test_ablation_continuous_discrete(tmp_path):
+def test_ablation_continuous_discrete(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["hamode"])
     script = load("ablation_continuous_discrete")
     script.main(["--out", str(tmp_path), "--layers", "2", "--epochs", "1", "--seeds", "1"])
-    rows = read_csv(tmp_path / "ablation.csv")
-    assert [r[0] for r in rows[1:]] == [v[0] for v in script.variants("euler")]
-    by_label = {r[0]: r for r in rows[1:]}
-    # trained and evaluated with the same rule: the cross-evaluation column repeats the test accuracy
-    assert float(by_label["discrete (euler)"][1]) == float(by_label["discrete (euler)"][4])
-    assert float(by_label["rk4"][3]) == 2 * 4  # 2 layers, 4 stages
+    rows = {r[0]: r for r in read_csv(tmp_path / "results.csv")[1:]}
+    trained = ["euler", "euler x4", "rk4", "rk4 x4", "torchdiffeq:dopri5 tol=0.001", "torchdiffeq:dopri5 tol=1e-05"]
+    assert list(rows) == trained
+    assert float(rows["rk4"][8]) == 2 * 4 and float(rows["euler x4"][8]) == 2 * 4  # 2 layers x 4 evaluations
+    cross = read_csv(tmp_path / "cross_eval.csv")[1:]
+    evaluated = {r[2] for r in cross}
+    assert evaluated == {"euler", "euler x2", "euler x4", "euler x8", "euler x16", "torchdiffeq:dopri5 tol=1e-07"}
+    # trained and evaluated with the same rule: the cross-evaluation repeats the test accuracy
+    assert [float(r[3]) for r in cross if r[0] == "euler" and r[2] == "euler"] == [float(rows["euler"][5])]
     assert (tmp_path / "ablation.png").stat().st_size > 0
 
 
@@ -89,15 +93,15 @@ def test_table2_one_cell(tmp_path):
     assert float(rows[1][2]) > 85  # conv + linear after one epoch
 
 
-def test_compare_integrators(tmp_path):
+def test_compare_integrators(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["hamode"])
     script = load("compare_integrators")
     args = ["--out", str(tmp_path), "--layers", "2", "--epochs", "1", "--seeds", "1"]
     script.main([*args, "--integrators", "euler", "symplectic_euler"])
-    rows = read_csv(tmp_path / "compare_integrators.csv")
-    by_name = {r[0]: r for r in rows[1:]}
-    assert float(by_name["euler"][4]) == 2 and float(by_name["symplectic_euler"][4]) == 2  # evals per forward
-    cross = read_csv(tmp_path / "cross_evaluation.csv")
-    assert float(cross[1][1]) == float(by_name["euler"][2])  # diagonal = own test accuracy
+    rows = {r[0]: r for r in read_csv(tmp_path / "results.csv")[1:]}
+    assert float(rows["euler"][8]) == 2 and float(rows["symplectic_euler"][8]) == 2  # evaluations per forward
+    cross = read_csv(tmp_path / "cross_eval.csv")[1:]
+    assert [float(r[3]) for r in cross if r[0] == r[2] == "euler"] == [float(rows["euler"][5])]  # diagonal
 
 
 def test_table1_parallel_jobs_match_serial(tmp_path, capsys):
