@@ -18,6 +18,7 @@ not implement; under ``torch.compile`` it runs eagerly behind a graph break; a b
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -37,11 +38,16 @@ def reference_flow(
     table: dict[str, Tensor] | None = None,
     record: Callable[[Tensor], Any] | None = None,
     at_boundary: Callable[[int, Tensor], Tensor] | None = None,
+    stats: dict | None = None,
 ) -> Tensor:
-    """The autograd reference loop: ``record(y)`` after every step, ``y = at_boundary(j + 1, y)`` after layer j."""
+    """The autograd reference loop: ``record(y)`` after every step, ``y = at_boundary(j + 1, y)`` after layer j.
+
+    An implicit integrator adds its iteration counts to ``stats`` (when given)."""
     if table is None:
         table = field.weight_table()
     step, grid = integrator.step, schedule.grid
+    if integrator.implicit:
+        step = functools.partial(_implicit_step, integrator.step, stats)
     for j in range(schedule.n_layers):
         f = field.layer(j, table, grid)
         for _, t, dt in schedule.layer_steps(j):
@@ -51,6 +57,10 @@ def reference_flow(
         if at_boundary is not None:
             y = at_boundary(j + 1, y)
     return y
+
+
+def _implicit_step(step, stats, f, t, y, dt):
+    return step(f, t, y, dt, stats)
 
 
 def reference_gradients(spec: FusedSpec, y0: Tensor, g: Tensor, params: list[Tensor]) -> tuple:
@@ -93,7 +103,8 @@ def fused_allowed() -> bool:
 class ReversibleFlow(torch.autograd.Function):
     """Backprop with O(1) stored states on the reference path: the backward rebuilds each state with the inverse step.
 
-    ``ReversibleFlow.apply(spec, y0, *field_parameters)``. Forward runs without a graph and saves
+    ``ReversibleFlow.apply(spec, stats, y0, *field_parameters)`` (``stats``: a dict for an implicit rule's
+    iteration counts, or None). Forward runs without a graph and saves
     only ``y(T)`` (and ``y0``). Backward walks the steps in reverse: ``y_k = inverse_step(y_{k+1})``,
     then re-runs step k on a detached ``y_k`` with autograd to get the vector-Jacobian product for the
     state and for the layer's own weights (a slice of the weight table, so each step's work is
@@ -101,9 +112,9 @@ class ReversibleFlow(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, spec: FusedSpec, y0: Tensor, *params: Tensor) -> Tensor:
+    def forward(ctx, spec: FusedSpec, stats: dict | None, y0: Tensor, *params: Tensor) -> Tensor:
         with torch.no_grad():
-            yN = reference_flow(spec.field, spec.integrator, spec.schedule, y0)
+            yN = reference_flow(spec.field, spec.integrator, spec.schedule, y0, stats=stats)
         ctx.spec = spec
         ctx.versions = tensor_versions(spec.field)
         ctx.save_for_backward(y0, yN)
@@ -117,7 +128,7 @@ class ReversibleFlow(torch.autograd.Function):
         check_versions(field, ctx.versions, "reversible")
         params = list(field.parameters())
         if torch.is_grad_enabled():
-            return (None, *reference_gradients(spec, y0, g, params))
+            return (None, None, *reference_gradients(spec, y0, g, params))
         with torch.enable_grad():
             table = field.weight_table()
         keys = [k for k, v in table.items() if v.requires_grad]
@@ -154,4 +165,4 @@ class ReversibleFlow(torch.autograd.Function):
         for p, gp in zip(direct, direct_acc):
             i = next(i for i, q in enumerate(params) if q is p)
             param_grads[i] = gp if param_grads[i] is None else param_grads[i] + gp
-        return (None, g, *param_grads)
+        return (None, None, g, *param_grads)

@@ -196,6 +196,7 @@ class HamiltonianNet(nn.Module):
                 f"integrator {step.name!r} needs a separable field (dp/dt depending on q only, dq/dt on p only), "
                 f"but {type(self.field).__name__} is not separable: use one of "
                 f"{', '.join(n for n in list_integrators() if not get_integrator(n).needs_separable)} "
+                f"(symplectic on every field: {', '.join(_implicit_symplectic_names())}) "
                 "or a separable architecture (H2, MS1, MS3)"
             )
         if gradient == "adjoint":
@@ -251,10 +252,13 @@ class HamiltonianNet(nn.Module):
         if disc.integrator is None:
             ys, stats = disc.continuous_solver.solve(self.field, disc.schedule, y0, trajectory, disc.gradient)
             return Solution(ys if trajectory else ys[-1], stats)
-        stats = {"nfe": disc.integrator.evaluations * disc.schedule.n_steps, "steps": disc.schedule.n_steps}
+        if disc.integrator.implicit:  # counted by the solve: iterations, and evaluations per iteration
+            stats = {"nfe": 0, "steps": disc.schedule.n_steps, "iterations": 0, "max_iterations": 0}
+        else:
+            stats = {"nfe": disc.integrator.evaluations * disc.schedule.n_steps, "steps": disc.schedule.n_steps}
         if trajectory:
             states = [y0]
-            reference_flow(self.field, disc.integrator, disc.schedule, y0, record=states.append)
+            reference_flow(self.field, disc.integrator, disc.schedule, y0, record=states.append, stats=stats)
             return Solution(torch.stack(states), stats)
         spec = FusedSpec(self.field, disc.integrator, disc.schedule, disc.gradient == "reversible")
         needs_grad = torch.is_grad_enabled() and (
@@ -264,8 +268,8 @@ class HamiltonianNet(nn.Module):
             if self.fast and fused_applies(self.field, spec.integrator, spec.reversible):
                 return Solution(_fused(spec, y0, needs_grad), stats)
             if spec.reversible and needs_grad:
-                return Solution(_reference_reversible(spec, y0), stats)
-        return Solution(reference_flow(self.field, disc.integrator, disc.schedule, y0), stats)
+                return Solution(_reference_reversible(spec, y0, stats), stats)
+        return Solution(reference_flow(self.field, disc.integrator, disc.schedule, y0, stats=stats), stats)
 
     def trajectory(self, y0: Tensor) -> Tensor:
         """All states: ``(N * substeps + 1, ..., dim)`` for hamode integrators; the N + 1
@@ -303,8 +307,8 @@ class HamiltonianNet(nn.Module):
         return self.field.hamiltonian(t, y, self.grid)
 
     def function_evaluations(self) -> float:
-        """Right-hand-side evaluations of one forward pass (of the last solve for torchdiffeq)."""
-        if self.continuous:
+        """Right-hand-side evaluations of one forward pass (of the last solve for torchdiffeq and implicit rules)."""
+        if self.continuous or self.integrator.implicit:
             return float(self.stats.get("nfe", float("nan")))
         return self.integrator.evaluations * self.schedule.n_steps
 
@@ -331,8 +335,12 @@ def _fused(spec: FusedSpec, y0: Tensor, needs_grad: bool) -> Tensor:
 
 
 @torch.compiler.disable
-def _reference_reversible(spec: FusedSpec, y0: Tensor) -> Tensor:
-    return ReversibleFlow.apply(spec, y0, *spec.field.parameters())
+def _reference_reversible(spec: FusedSpec, y0: Tensor, stats: dict | None = None) -> Tensor:
+    return ReversibleFlow.apply(spec, stats, y0, *spec.field.parameters())
+
+
+def _implicit_symplectic_names() -> list[str]:
+    return [n for n in list_integrators() if get_integrator(n).implicit and get_integrator(n).symplectic]
 
 
 def _reversible_names() -> list[str]:

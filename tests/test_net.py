@@ -209,7 +209,11 @@ def test_odd_dim_ms2_and_j1():
 
 @pytest.mark.parametrize("name", [n for n in hamode.list_integrators() if hamode.get_integrator(n).needs_separable])
 def test_separable_integrator_on_nonseparable_field(name):
-    with pytest.raises(ValueError, match=r"needs a separable field.*use one of euler, heun, midpoint, rk38, rk4"):
+    with pytest.raises(
+        ValueError,
+        match=r"needs a separable field.*use one of euler, gauss_legendre4, heun, implicit_midpoint, midpoint, "
+        r"rk38, rk4 \(symplectic on every field: gauss_legendre4, implicit_midpoint\)",
+    ):
         hamode.HamiltonianNet(hamode.make_field("H1_J1", dim=4, n_layers=2), 1.0, integrator=name)
 
 
@@ -256,7 +260,10 @@ def test_bad_make_field_keywords():
         ({"t_end": "1"}, "t_end must be a positive number"),
         ({"substeps": 0}, "substeps must be >= 1, got 0"),
         ({"gradient": "checkpoint"}, "gradient must be one of backprop, reversible, adjoint"),
-        ({"gradient": "reversible", "integrator": "rk4"}, "'rk4' has none. Reversible: blanes_moan4, leapfrog"),
+        (
+            {"gradient": "reversible", "integrator": "rk4"},
+            "'rk4' has none. Reversible: blanes_moan4, gauss_legendre4, implicit_midpoint, leapfrog",
+        ),
         ({"gradient": "adjoint", "integrator": "euler"}, "gradient='adjoint' is the continuous adjoint"),
         ({"solver_options": [1]}, "solver_options must be a dict"),
     ],

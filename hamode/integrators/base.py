@@ -43,6 +43,8 @@ class Integrator(abc.ABC):
         stage_offsets: the times at which a step evaluates the field, as multiples of ``dt`` after the
             step's start (they may lie outside ``[0, 1]`` for methods with negative coefficients).
         supports_fused: derived: the class provides :meth:`fused_step` and :meth:`fused_vjp`.
+        implicit: the step solves equations; its ``step`` and ``inverse_step`` take a ``stats`` dict into which
+            they add their iteration counts (``iterations``, ``max_iterations``, ``nfe``).
     """
 
     name: ClassVar[str] = ""
@@ -53,6 +55,7 @@ class Integrator(abc.ABC):
     evaluations: ClassVar[float] = 1.0
     stage_offsets: ClassVar[tuple[float, ...]] = (0.0,)
     supports_fused: ClassVar[bool] = False
+    implicit: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -1,0 +1,297 @@
+"""Implicit Runge-Kutta methods (Gauss-Legendre collocation), declared by their Butcher tableau.
+
+A Gauss-Legendre method with s stages has order 2s, is symplectic for every Hamiltonian system with a constant
+structure matrix J (separable or not) and is symmetric, so its inverse step is the same method with ``-dt``.
+
+The stage equations ``K_i = f(t + c_i dt, y + dt Σ_j a_ij K_j)`` are solved per step, without autograd, by a
+simplified Newton iteration (the Jacobian of f at the step's start, per state row, factorised once per step)
+or by plain fixed-point iteration. Gradients are those of the **discrete** step map, by the implicit function
+theorem: the stage values are re-evaluated once with autograd at the converged solution, and a hook on them
+replaces their cotangent ``k̄`` by the solution ``μ`` of the transposed stage system
+``μ = k̄ + (∂F/∂K)ᵀ μ`` (one dense solve per state row with the Jacobians at the stage points for Newton, or
+matrix-free fixed-point iteration); backpropagation never goes through the iterations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from .base import Bounds, Integrator, register_integrator
+
+__all__ = ["GaussLegendre4", "ImplicitMidpoint", "ImplicitRungeKutta", "ImplicitSolveError"]
+
+Solver = Literal["newton", "fixed_point"]
+
+
+class ImplicitSolveError(RuntimeError):
+    """The stage equations of an implicit step did not converge; the message says where and what to change."""
+
+
+class ImplicitRungeKutta(Integrator):
+    """A fully implicit Runge-Kutta method: ``a`` (s x s), ``b``, ``c``, solved per step.
+
+    Subclasses declare ``a``, ``b``, ``c`` and ``order`` (and ``symplectic``, ``reversible`` where they hold).
+    Instances take the solve's settings; ``get_integrator(name)`` gives the defaults.
+
+    Args:
+        rtol: the iteration stops when the largest change of a stage value is at most ``rtol`` times the largest
+            stage value (None: ``16 * eps`` of the state's dtype: 3.6e-15 in float64, 1.9e-6 in float32); an
+            iteration that stalls at rounding level (change no longer decreasing and below ``sqrt(eps)``) is
+            accepted too.
+        max_iter: iterations per step before :class:`ImplicitSolveError`.
+        solver: ``"newton"`` (simplified Newton with the per-row Jacobian, for fields that act on each state row
+            ``y[..., :]`` independently, which every hamode field does) or ``"fixed_point"`` (no Jacobians, no
+            assumption on the field; converges when ``|dt| Lip(f) ρ(A) < 1``).
+    """
+
+    a: ClassVar[tuple[tuple[float, ...], ...]] = ()
+    b: ClassVar[tuple[float, ...]] = ()
+    c: ClassVar[tuple[float, ...]] = ()
+    implicit: ClassVar[bool] = True
+
+    def __init__(self, rtol: float | None = None, max_iter: int = 100, solver: Solver = "newton") -> None:
+        if rtol is not None and not (isinstance(rtol, (int, float)) and math.isfinite(rtol) and rtol > 0):
+            raise ValueError(f"rtol must be a number > 0 or None (16 eps of the dtype), got {rtol!r}")
+        if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
+        if solver not in ("newton", "fixed_point"):
+            raise ValueError(f"solver must be 'newton' or 'fixed_point', got {solver!r}")
+        self.rtol, self.max_iter, self.solver = rtol, max_iter, solver
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "b" not in cls.__dict__:
+            return
+        b = tuple(float(x) for x in cls.b)
+        s = len(b)
+        A = tuple(tuple(float(x) for x in row) for row in cls.a)
+        c = tuple(float(x) for x in cls.c)
+        if len(A) != s or any(len(row) != s for row in A) or len(c) != s:
+            raise ValueError(f"{cls.__name__}: a must be {s} x {s} and c must have {s} entries (one per stage)")
+        for i in range(s):
+            if not math.isclose(c[i], sum(A[i]), rel_tol=0, abs_tol=1e-12):
+                raise ValueError(f"{cls.__name__}: c[{i}] = {c[i]} must equal the row sum of a ({sum(A[i])})")
+        if not math.isclose(sum(b), 1.0, rel_tol=0, abs_tol=1e-12):
+            raise ValueError(f"{cls.__name__}: the weights b must sum to 1 (consistency), got {sum(b)}")
+        cls.a, cls.b, cls.c = A, b, c
+        cls.evaluations = float(s)  # per iteration; the solver statistics count the iterations
+        cls.stage_offsets = c
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rtol={self.rtol}, max_iter={self.max_iter}, solver={self.solver!r})"
+
+    # ---------------------------------------------------------------- the solve (no autograd)
+    def _tolerance(self, dtype: torch.dtype) -> tuple[float, float]:
+        eps = torch.finfo(dtype).eps
+        return (16 * eps if self.rtol is None else self.rtol), math.sqrt(eps)
+
+    def _stage_inputs(self, y: Tensor, K: Tensor, dt: float) -> list[Tensor]:
+        return [y + dt * sum(aij * K[j] for j, aij in enumerate(row) if aij != 0.0) for row in self.a]
+
+    def _evaluate(self, f, t, y: Tensor, K: Tensor, dt: float) -> Tensor:
+        return torch.stack([f(t + ci * dt, yi) for ci, yi in zip(self.c, self._stage_inputs(y, K, dt))])
+
+    def _row_jacobian(self, f, t, y: Tensor) -> Tensor:
+        """``∂f/∂y`` per state row: ``(rows, n, n)`` by n reverse passes (rows do not interact)."""
+        n = y.shape[-1]
+        with torch.enable_grad():
+            yy = y.detach().reshape(-1, n).requires_grad_(True)
+            out = f(t, yy)
+            rows = [torch.autograd.grad(out[:, k].sum(), yy, retain_graph=k < n - 1)[0] for k in range(n)]
+        return torch.stack(rows, dim=1)
+
+    def _newton_matrix(self, jacobians: Sequence[Tensor], dt: float, transpose: bool = False) -> Tensor:
+        """``I - dt [a_ij J_i]`` (or its transpose) per row: ``(rows, s n, s n)``; ``jacobians[i]`` at stage i."""
+        s = len(self.b)
+        n = jacobians[0].shape[-1]
+        blocks = []
+        for i in range(s):
+            row = []
+            for j in range(s):
+                block = -dt * self.a[i][j] * jacobians[i]
+                if i == j:
+                    block = block + torch.eye(n, dtype=block.dtype, device=block.device)
+                row.append(block)
+            blocks.append(torch.cat(row, dim=-1))
+        M = torch.cat(blocks, dim=-2)
+        return M.mT if transpose else M
+
+    def solve_stages(self, f, t, y: Tensor, dt: float, stats: dict | None = None) -> Tensor:
+        """The converged stage derivatives ``K`` (``(s, *y.shape)``), computed without autograd."""
+        rtol, floor = self._tolerance(y.dtype)
+        s, n = len(self.b), y.shape[-1]
+        with torch.no_grad():
+            y = y.detach()
+            k0 = f(t, y)
+            K = torch.stack([k0] * s)
+            lu = None
+            jacobian_evals = 0
+            if self.solver == "newton":
+                J = self._row_jacobian(f, t + 0.5 * dt, y)
+                jacobian_evals += 1
+                lu = torch.linalg.lu_factor(self._newton_matrix([J] * s, dt))
+            previous = math.inf
+            change = scale = math.nan
+            for it in range(1, self.max_iter + 1):
+                G = K - self._evaluate(f, t, y, K, dt)
+                if lu is None:
+                    delta = -G
+                else:  # (s, *rows, n) <-> (rows, s n)
+                    rhs = G.reshape(s, -1, n).permute(1, 0, 2).reshape(-1, s * n, 1)
+                    delta = -torch.linalg.lu_solve(*lu, rhs).reshape(-1, s, n).permute(1, 0, 2).reshape(G.shape)
+                K = K + delta
+                scale = float(K.abs().max()) if K.numel() else 0.0
+                change = float(delta.abs().max()) if K.numel() else 0.0
+                if not math.isfinite(change):
+                    break
+                if change <= rtol * scale or change == 0.0 or (change >= previous and change <= floor * scale):
+                    if stats is not None:
+                        stats["iterations"] = stats.get("iterations", 0) + it
+                        stats["max_iterations"] = max(stats.get("max_iterations", 0), it)
+                        stats["nfe"] = stats.get("nfe", 0) + s * it + 1 + n * jacobian_evals
+                    return K
+                if lu is not None and change > 0.5 * previous:
+                    # slow or no contraction: Newton with the Jacobians at the current stage points
+                    Js = [
+                        self._row_jacobian(f, t + ci * dt, yi) for ci, yi in zip(self.c, self._stage_inputs(y, K, dt))
+                    ]
+                    jacobian_evals += s
+                    lu = torch.linalg.lu_factor(self._newton_matrix(Js, dt))
+                previous = change
+        layer = getattr(f, "j", "?")
+        raise ImplicitSolveError(
+            f"{self.name or type(self).__name__}: the stage equations of layer {layer} (t = {float(t):.6g}, "
+            f"dt = {dt:g}) did not converge in {self.max_iter} {self.solver} iterations: the last change of a "
+            f"stage value was {change:.3g} against {rtol:.3g} x {scale:.3g} required. Use a smaller h (or more "
+            "substeps), a larger max_iter or a looser rtol"
+            + (", or solver='newton'." if self.solver == "fixed_point" else ".")
+        )
+
+    # ---------------------------------------------------------------- the step (autograd through the IFT)
+    def step(self, f, t, y: Tensor, dt: float, stats: dict | None = None) -> Tensor:
+        K = self.solve_stages(f, t, y, dt, stats)
+        if not torch.is_grad_enabled():
+            return y + dt * _weighted(self.b, K)
+        from ..engine import fused_allowed
+
+        if not fused_allowed():
+            raise RuntimeError(
+                f"{self.name}: implicit steps take their gradients by the implicit function theorem, which "
+                "torch.func transforms (vmap, grad, jacrev, jacfwd) and forward-mode AD do not see; use an "
+                "explicit rule there, or reverse-mode autograd (loss.backward, torch.autograd.grad)"
+            )
+        K0 = K.requires_grad_(True)
+        Y = self._stage_inputs(y, K0, dt)
+        stages = [f(t + ci * dt, yi) for ci, yi in zip(self.c, Y)]
+        Kn = torch.stack(stages)
+        if not Kn.requires_grad:
+            return y + dt * _weighted(self.b, K.detach())
+        Kn.register_hook(self._adjoint(Kn, K0, Y, stages, dt, f))
+        # the value is the converged K (as without autograd), the gradient is the hooked one of Kn
+        return y + dt * _weighted(self.b, K.detach() + (Kn - Kn.detach()))
+
+    def _adjoint(self, Kn: Tensor, K0: Tensor, Y: list[Tensor], stages: list[Tensor], dt: float, f):
+        def hook(g: Tensor | None) -> Tensor | None:
+            if g is None:  # an undefined cotangent stays undefined
+                return None
+            if torch.is_grad_enabled():
+                raise RuntimeError(
+                    f"{self.name}: a backward with create_graph=True (second derivatives) is not supported by the "
+                    "implicit-function gradient of implicit steps; use an explicit rule for double backward"
+                )
+            if self.solver == "newton":
+                return self._adjoint_dense(g, Y, stages, dt)
+            return self._adjoint_fixed_point(g, Kn, K0, f)
+
+        return hook
+
+    def _adjoint_dense(self, g: Tensor, Y: list[Tensor], stages: list[Tensor], dt: float) -> Tensor:
+        s, n = len(self.b), g.shape[-1]
+        jac = []
+        for yi, ki in zip(Y, stages):  # ∂f/∂y at each stage point, per row
+            with torch.enable_grad():  # the backward runs without grad mode: the row sums need a graph
+                rows = [torch.autograd.grad(ki[..., k].sum(), yi, retain_graph=True)[0] for k in range(n)]
+            jac.append(torch.stack(rows, dim=-2).reshape(-1, n, n))
+        M = self._newton_matrix(jac, dt, transpose=True)
+        rhs = g.reshape(s, -1, n).permute(1, 0, 2).reshape(-1, s * n, 1)
+        mu = torch.linalg.solve(M, rhs)
+        return mu.reshape(-1, s, n).permute(1, 0, 2).reshape(g.shape)
+
+    def _adjoint_fixed_point(self, g: Tensor, Kn: Tensor, K0: Tensor, f) -> Tensor:
+        rtol, floor = self._tolerance(g.dtype)
+        mu, previous = g, math.inf
+        for _ in range(self.max_iter):
+            (vjp,) = torch.autograd.grad(Kn, K0, mu, retain_graph=True)
+            new = g + vjp
+            change = float((new - mu).abs().max())
+            scale = float(new.abs().max())
+            mu = new
+            if change <= rtol * scale or change == 0.0 or (change >= previous and change <= floor * scale):
+                return mu
+            previous = change
+        raise ImplicitSolveError(
+            f"{self.name}: the adjoint stage equations of layer {getattr(f, 'j', '?')} did not converge in "
+            f"{self.max_iter} fixed-point iterations (last change {change:.3g}); use solver='newton' or a smaller h"
+        )
+
+    # ---------------------------------------------------------------- inverse and bounds
+    def inverse_step(self, f, t, y_next: Tensor, dt: float, stats: dict | None = None) -> Tensor:
+        """The inverse of a symmetric method's step is the method with ``-dt`` from the step's end (to the
+        solve's tolerance)."""
+        if not self.reversible:
+            raise NotImplementedError(f"integrator {self.name!r} is not reversible")
+        return self.step(f, t + dt, y_next, -dt, stats)
+
+    def growth_bound(self, dt: float, bounds: Bounds | Sequence[Bounds]) -> Tensor:
+        """``1 + |dt| Σ|b_i| κ`` with ``κ = L / (1 - |dt| α L)`` (``L`` the largest stage Lipschitz bound,
+        ``α = max_i Σ_j |a_ij|``): a bound on ``‖∂K_i/∂y‖`` wherever the stage equations contract
+        (``|dt| α L < 1``); infinite otherwise."""
+        stage = self._stage_bounds(bounds)
+        L = torch.stack([torch.as_tensor(b["full"], dtype=torch.float64) for b in stage]).amax(0)
+        h = abs(dt)
+        alpha = max(sum(abs(x) for x in row) for row in self.a)
+        denom = 1 - h * alpha * L
+        kappa = torch.where(denom > 0, L / denom.clamp_min(1e-300), torch.full_like(L, math.inf))
+        return 1 + h * sum(abs(x) for x in self.b) * kappa
+
+
+def _weighted(weights: Sequence[float], K: Tensor) -> Tensor:
+    out = None
+    for w, k in zip(weights, K):
+        if w != 0.0:
+            out = w * k if out is None else out + w * k
+    return out if out is not None else torch.zeros_like(K[0])
+
+
+_R3 = math.sqrt(3.0)
+
+
+@register_integrator("implicit_midpoint")
+class ImplicitMidpoint(ImplicitRungeKutta):
+    """The implicit midpoint rule (Gauss-Legendre, s = 1): ``y_{k+1} = y_k + dt f(y_k/2 + y_{k+1}/2)``.
+    Order 2, symplectic for every Hamiltonian field, symmetric (reversible)."""
+
+    order = 2
+    symplectic = True
+    reversible = True
+    a = ((0.5,),)
+    b = (1.0,)
+    c = (0.5,)
+
+
+@register_integrator("gauss_legendre4")
+class GaussLegendre4(ImplicitRungeKutta):
+    """The two-stage Gauss-Legendre collocation method (Hammer & Hollingsworth 1955). Order 4, symplectic for
+    every Hamiltonian field, symmetric (reversible)."""
+
+    order = 4
+    symplectic = True
+    reversible = True
+    a = ((0.25, 0.25 - _R3 / 6), (0.25 + _R3 / 6, 0.25))
+    b = (0.5, 0.5)
+    c = (0.5 - _R3 / 6, 0.5 + _R3 / 6)
