@@ -21,6 +21,10 @@ from .fields import (
 )
 from .grid import LayerGrid, Schedule
 from .integrators import (
+    GaussLegendre4,
+    ImplicitMidpoint,
+    ImplicitRungeKutta,
+    ImplicitSolveError,
     Integrator,
     RungeKutta,
     SplittingMethod,
@@ -38,8 +42,12 @@ __all__ = [
     "AutogradHamiltonianField",
     "AutogradSeparableField",
     "Field",
+    "GaussLegendre4",
     "H1Field",
     "HamiltonianNet",
+    "ImplicitMidpoint",
+    "ImplicitRungeKutta",
+    "ImplicitSolveError",
     "Integrator",
     "LayerGrid",
     "MS1Field",

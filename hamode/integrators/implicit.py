@@ -174,28 +174,28 @@ class ImplicitRungeKutta(Integrator):
 
     # ---------------------------------------------------------------- the step (autograd through the IFT)
     def step(self, f, t, y: Tensor, dt: float, stats: dict | None = None) -> Tensor:
-        K = self.solve_stages(f, t, y, dt, stats)
-        if not torch.is_grad_enabled():
-            return y + dt * _weighted(self.b, K)
         from ..engine import fused_allowed
 
         if not fused_allowed():
             raise RuntimeError(
-                f"{self.name}: implicit steps take their gradients by the implicit function theorem, which "
-                "torch.func transforms (vmap, grad, jacrev, jacfwd) and forward-mode AD do not see; use an "
-                "explicit rule there, or reverse-mode autograd (loss.backward, torch.autograd.grad)"
+                f"{self.name}: implicit steps solve their stage equations eagerly and take their gradients by the "
+                "implicit function theorem, which torch.func transforms (vmap, grad, jacrev, jacfwd) and forward-mode "
+                "AD do not see; use an explicit rule there, or reverse-mode autograd (loss.backward, autograd.grad)"
             )
+        K = self.solve_stages(f, t, y, dt, stats)
+        if not torch.is_grad_enabled():
+            return y + dt * _weighted(self.b, K)
         K0 = K.requires_grad_(True)
         Y = self._stage_inputs(y, K0, dt)
         stages = [f(t + ci * dt, yi) for ci, yi in zip(self.c, Y)]
         Kn = torch.stack(stages)
         if not Kn.requires_grad:
             return y + dt * _weighted(self.b, K.detach())
-        Kn.register_hook(self._adjoint(Kn, K0, Y, stages, dt, f))
+        Kn.register_hook(self._adjoint(K0, Y, stages, dt, f))
         # the value is the converged K (as without autograd), the gradient is the hooked one of Kn
         return y + dt * _weighted(self.b, K.detach() + (Kn - Kn.detach()))
 
-    def _adjoint(self, Kn: Tensor, K0: Tensor, Y: list[Tensor], stages: list[Tensor], dt: float, f):
+    def _adjoint(self, K0: Tensor, Y: list[Tensor], stages: list[Tensor], dt: float, f):
         def hook(g: Tensor | None) -> Tensor | None:
             if g is None:  # an undefined cotangent stays undefined
                 return None
@@ -206,7 +206,7 @@ class ImplicitRungeKutta(Integrator):
                 )
             if self.solver == "newton":
                 return self._adjoint_dense(g, Y, stages, dt)
-            return self._adjoint_fixed_point(g, Kn, K0, f)
+            return self._adjoint_fixed_point(g, stages, K0, f)
 
         return hook
 
@@ -222,11 +222,12 @@ class ImplicitRungeKutta(Integrator):
         mu = torch.linalg.solve(M, rhs)
         return mu.reshape(-1, s, n).permute(1, 0, 2).reshape(g.shape)
 
-    def _adjoint_fixed_point(self, g: Tensor, Kn: Tensor, K0: Tensor, f) -> Tensor:
+    def _adjoint_fixed_point(self, g: Tensor, stages: list[Tensor], K0: Tensor, f) -> Tensor:
         rtol, floor = self._tolerance(g.dtype)
         mu, previous = g, math.inf
         for _ in range(self.max_iter):
-            (vjp,) = torch.autograd.grad(Kn, K0, mu, retain_graph=True)
+            # through the stage values themselves, not the hooked stack (that would call this hook again)
+            (vjp,) = torch.autograd.grad(stages, K0, list(mu), retain_graph=True)
             new = g + vjp
             change = float((new - mu).abs().max())
             scale = float(new.abs().max())
