@@ -2,18 +2,25 @@
 
     python scripts/gradient_study.py --out outputs/gradient_study
 
-Double moons (PAPER §5), Adam lr 0.05, batch 125, 960 iterations (30 epochs of 4000 points), α = 5e-4,
+Double moons (the papers' 2-D set), Adam lr 0.05, batch 125, 960 iterations (30 epochs of 4000 points), α = 5e-4,
 logistic head with weight decay 1e-4. Models: 64-layer H1_J1 with time-varying weights, 64-layer H1_J1
-with time-invariant weights (forward Euler, h = 0.05, T = 3.2; N(0, 1) weights), 64-layer H2 (symplectic
-Euler), and a 32-layer plain tanh MLP (y_{j+1} = tanh(W_j y_j + b_j), N(0, 1) weights). Every 20
-iterations: ‖∂y_N/∂y_ℓ‖₂ (mean over a fixed probe batch) for ℓ = 1, 11, ..., 61 (ℓ = 1, 11, 21, 31 for the
-MLP). Writes a log-scale plot with the line at 1, the curves as CSV, and the test accuracies.
+with time-invariant weights (forward Euler, h = 0.05, T = 3.2; N(0, 1) weights), the time-varying H1_J1
+with the implicit symplectic rules (implicit_midpoint, gauss_legendre4), 64-layer H2 (symplectic Euler),
+and a 32-layer plain tanh MLP (y_{j+1} = tanh(W_j y_j + b_j), N(0, 1) weights). Every 20 iterations:
+‖∂y_N/∂y_ℓ‖₂ (mean, and min, over a fixed probe batch) for ℓ = 1, 11, ..., 61 (ℓ = 1, 11, 21, 31 for the
+MLP). Writes a log-scale plot with the line at 1, the curves as CSV, and a table with the test accuracies,
+the smallest norms and the cost: seconds per training iteration and, for the implicit rules, solver
+iterations per step. ``--models`` picks a subset.
+
+It trains with the plain loop of ``_common.train_toy2d`` because it measures the sensitivities before every
+recorded optimizer step, on the exact weights of that step.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -79,12 +86,17 @@ def mlp_sensitivity(model: PlainMLP, y0, layers):
     return torch.stack(rows, dim=-2)
 
 
+MODELS = ["h1_time_varying", "h1_time_invariant", "h1_implicit_midpoint", "h1_gauss_legendre4", "h2", "mlp32"]
+
+
 def build(name: str):
     if name == "mlp32":
         return PlainMLP(4, 32), [1, 11, 21, 31]
     common = dict(dim=4, n_layers=64, h=0.05, init="normal")
     if name == "h1_time_varying":
         return Toy2DClassifier("H1_J1", integrator="euler", **common), list(range(1, 64, 10))
+    if name in ("h1_implicit_midpoint", "h1_gauss_legendre4"):
+        return Toy2DClassifier("H1_J1", integrator=name[3:], **common), list(range(1, 64, 10))
     if name == "h1_time_invariant":
         return Toy2DClassifier("H1_J1", integrator="euler", weights="constant", **common), list(range(1, 64, 10))
     return Toy2DClassifier("H2", integrator="symplectic_euler", **common), list(range(1, 64, 10))
@@ -95,17 +107,28 @@ def run(name: str, data, iterations: int, every: int, seed: int):
     torch.manual_seed(seed)
     model, layers = build(name)
     probe = xtr[:64]
-    curve = []
+    curve, lows = [], []
+    solver = {"iterations": 0, "steps": 0}
+    spent = [0.0]
 
     def record(it: int) -> None:
+        net = getattr(model, "net", None)
+        if net is not None and net.integrator.implicit and net.stats:  # the previous iteration's forward
+            solver["iterations"] += net.stats["iterations"]
+            solver["steps"] += net.stats["steps"]
         if it % every == 0 or it == iterations - 1:
+            t = time.perf_counter()
             y0 = model.embed(probe).detach()
             S = mlp_sensitivity(model, y0, layers) if name == "mlp32" else backward_sensitivity(model.net, y0, layers)
-            curve.append([it, *sensitivity_norms(S)["norm_mean"].tolist()])
+            norms = sensitivity_norms(S)
+            curve.append([it, *norms["norm_mean"].tolist()])
+            lows.append(float(norms["norm_min"].min()))
+            spent[0] += time.perf_counter() - t
 
-    train_toy2d(model, xtr, ytr, iterations, seed, before_step=record)
+    seconds = train_toy2d(model, xtr, ytr, iterations, seed, before_step=record)
     acc = toy2d_accuracy(model, xte, yte)
-    return layers, curve, acc
+    per_step = solver["iterations"] / solver["steps"] if solver["steps"] else float("nan")
+    return layers, curve, acc, min(lows), (seconds - spent[0]) / iterations, per_step
 
 
 def main(argv=None) -> None:
@@ -114,26 +137,40 @@ def main(argv=None) -> None:
     parser.add_argument("--iterations", type=int, default=960)
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     args = parser.parse_args(argv)
+    names = [m for m in args.models.split(",") if m]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown or not names:
+        parser.error(f"--models: unknown {unknown}; valid: {', '.join(MODELS)}")
     start()
     out = out_dir(args.out)
     x, y = make_dataset("double_moons", 8000, seed=args.seed)
     data = train_test_split(x, y, seed=args.seed)
-    names = ["h1_time_varying", "h1_time_invariant", "h2", "mlp32"]
     results = {}
     for name in names:
-        layers, curve, acc = run(name, data, args.iterations, args.every, args.seed)
-        results[name] = (layers, curve, acc)
+        layers, curve, acc, low, sec, per_step = run(name, data, args.iterations, args.every, args.seed)
+        results[name] = (layers, curve, acc, low, sec, per_step)
         write_csv(out / f"{name}.csv", ["iteration", *[f"l={ell}" for ell in layers]], curve)
         flat = [v for row in curve for v in row[1:]]
         print(f"{name}: test acc {acc:.1f}%, ‖∂y_N/∂y_l‖ in [{min(flat):.3g}, {max(flat):.3g}]", flush=True)
     rows = []
     for name in names:
-        layers, curve, acc = results[name]
+        layers, curve, acc, low, sec, per_step = results[name]
         flat = [v for row in curve for v in row[1:]]
-        rows.append([name, acc, min(flat), max(flat), min(curve[-1][1:])])
-    headers = ["model", "test acc %", "min ‖∂y_N/∂y_l‖ over training", "max", "min at the end"]
+        rows.append([name, acc, min(flat), max(flat), min(curve[-1][1:]), low, sec, per_step])
+    headers = [
+        "model",
+        "test acc %",
+        "min ‖∂y_N/∂y_l‖ over training (probe mean)",
+        "max",
+        "min at the end",
+        "min over training and probe samples",
+        "s / training iteration",
+        "solver iterations / step",
+    ]
     report = markdown_table(headers, rows)
+    write_csv(out / "gradient_study.csv", headers, rows)
     (out / "gradient_study.md").write_text(report + "\n")
     print(report)
     try:
@@ -143,9 +180,10 @@ def main(argv=None) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, name in zip(axes, names):
-        layers, curve, acc = results[name]
+        layers, curve, acc, *_ = results[name]
         its = [row[0] for row in curve]
         for i, ell in enumerate(layers):
             ax.plot(its, [row[1 + i] for row in curve], label=f"ℓ={ell}")

@@ -159,3 +159,12 @@ def test_bench_engine_ab_times_a_cell_against_a_baseline():
     ab = load("bench_engine_ab")
     row = ab.cell(ab.load_baseline(SCRIPTS.parent), "leapfrog", "H2", 4, 8, repeats=3)
     assert row[:4] == ["leapfrog", "H2", 4, 8] and all(x > 0 for x in row[4:])
+
+
+def test_gradient_study_with_the_implicit_rule(tmp_path):
+    script = load("gradient_study")
+    script.main(["--out", str(tmp_path), "--iterations", "3", "--every", "2", "--models", "h1_implicit_midpoint,mlp32"])
+    rows = {r[0]: r for r in read_csv(tmp_path / "gradient_study.csv")[1:]}
+    assert float(rows["h1_implicit_midpoint"][5]) >= 1 - 1e-5  # TAC's bound, every probe sample (float32)
+    assert float(rows["h1_implicit_midpoint"][7]) >= 1  # solver iterations per step
+    assert (tmp_path / "gradient_study.png").stat().st_size > 0
