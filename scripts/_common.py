@@ -94,7 +94,12 @@ def train_toy2d(
     before_step: Callable[[int], object] | None = None,
 ) -> float:
     """The papers' 2-D training: Adam (weight decay on the head only), batch 125, logistic loss plus the
-    model's smoothness regulariser; ``before_step(iteration)`` runs before every step. Returns seconds."""
+    model's smoothness regulariser; ``before_step(iteration)`` runs before every step. Returns seconds.
+
+    A plain loop, not the Lightning Trainer, on purpose and only where that is needed: Table 1 trains 1440
+    small nets (the Trainer's per-run set-up and per-epoch overhead would dominate them), and the gradient
+    study measures the sensitivities before individual optimizer steps. Integrator comparisons and the
+    continuous/discrete ablation train through the Trainer (``hamode compare``)."""
     import torch
     import torch.nn.functional as F
 
