@@ -3,7 +3,7 @@ connected ('full'), on the swiss roll and the double circles.
 
     python scripts/distributed_h2.py --out outputs/distributed_h2
 
-Setting (PAPER §3, TAC): n = 16, node i holds (p_i, q_i), K_p and K_q block-sparse on the ring with
+Setting (TAC): n = 16, node i holds (p_i, q_i), K_p and K_q block-sparse on the ring with
 self-loops, X = I, h = 0.5, symplectic Euler, `--layers` layers (16); inputs enter p_1 and q_5 (state
 coordinates 0 and 12, as in the authors' code). Training: Adam lr `--lr`, batch 125, `--epochs` epochs,
 α = 5e-4, logistic head with weight decay 1e-4, 8000 points half train / half test, `--seeds` seeds.

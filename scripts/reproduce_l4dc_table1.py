@@ -3,7 +3,7 @@
     python scripts/reproduce_l4dc_table1.py --out outputs/reproduce_l4dc_table1 --jobs 2
     python scripts/reproduce_l4dc_table1.py --seeds 1 --epochs 10 --rows swiss_roll:4 double_moons:1   # a quick look
 
-Setting (PAPER §4-5): n = 4, the two inputs at state coordinates 0 and 3 (as in the authors' code), each
+Setting (L4DC): n = 4, the two inputs at state coordinates 0 and 3 (as in the authors' code), each
 architecture with its published discretisation (H1: forward Euler; MS1, MS3: Verlet; MS2: forward Euler;
 H2: symplectic Euler; for MS3 and H2 in the authors' half-step order, see `--integrator-for`), 8000
 points, half train / half test, Adam, batch 125, α = 5e-4, logistic head with weight decay α_c = 1e-4,
@@ -22,7 +22,7 @@ Deviations from the papers' training, each stated with the results (README):
   ‖J2‖₂ = cot(π/8) = 2.41 at n = 4 (‖J1‖₂ = 1), so T = 1.2 / 2.41 gives H1_J2 the time scale of H1_J1 at
   T = 1.2. H1_J1, MS3 and H2 keep T = 1.2.
 - `--integrator-for MS3=symplectic_euler_qp H2=symplectic_euler_qp`: hamode's default for MS3 and H2 is
-  `symplectic_euler`, the layer of PAPER §2, which updates the first half of the state from the second one
+  `symplectic_euler`, the papers' H2 layer, which updates the first half of the state from the second one
   first (y from z; p from q); the authors' code applies the two half-steps in the other order, reading the
   first half (which holds input x1) first. `symplectic_euler_qp` is that order, so these are the authors'
   layers exactly. It matters on shallow nets: the first half-step adds a function of the one input it
@@ -73,7 +73,7 @@ from hamode.data.toy2d import make_dataset, train_test_split
 from hamode.integrators import list_integrators
 
 ARCHS = ["MS1", "MS2", "MS3", "H1_J1", "H1_J2", "H2"]
-PUBLISHED = {  # L4DC Table 1 (PAPER §4); H2 is TAC's architecture, not in the table
+PUBLISHED = {  # L4DC Table 1; H2 is TAC's architecture, not in the table
     ("swiss_roll", 4): [77.1, 79.7, 90.1, 93.6, 98.9],
     ("swiss_roll", 8): [91.5, 90.7, 87.0, 99.0, 99.4],
     ("swiss_roll", 16): [97.7, 99.7, 97.1, 99.8, 99.8],

@@ -27,7 +27,7 @@ def test_h2_symplectic_euler_128_layers_no_vanishing():
     norms = sensitivity_norms(S)
     assert norms["norm"].min().item() >= 1 - 1e-9
     assert symplecticity_defect(S, field.J).max().item() <= 1e-9
-    assert norms["sigma_min"].min().item() < 1  # single singular values can still shrink (PAPER §3)
+    assert norms["sigma_min"].min().item() < 1  # single singular values can still shrink (TAC)
 
 
 def test_forward_euler_h1_has_a_defect():
@@ -77,7 +77,7 @@ def test_upper_bound_never_below_measured_norm(arch):
 
 
 def test_upper_bound_forward_euler_formula():
-    """The bound of PAPER §3 written out: ∏_k (1 + h S ‖J‖₂ ‖K_k‖₂²)."""
+    """The bound of TAC (Galimberti et al. 2023) written out: ∏_k (1 + h S ‖J‖₂ ‖K_k‖₂²)."""
     field = hamode.make_field("H1_J2", dim=4, n_layers=6, init="normal", dtype=F64)
     net = hamode.HamiltonianNet(field, 1.2, "euler")
     h, J = 0.2, field.J

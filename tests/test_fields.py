@@ -9,7 +9,7 @@ from helpers import F64
 import hamode
 from hamode.fields import AutogradHamiltonianField, SparseSeparableField
 
-PARAMS_PER_LAYER = {  # PAPER.md §2, n = dim, m = default width
+PARAMS_PER_LAYER = {  # the papers' parameter counts, n = dim, m = default width
     "H1_J1": lambda n: n * n + n,
     "H1_J2": lambda n: n * n + n,
     "H2": lambda n: n * n // 2 + n,
