@@ -181,6 +181,8 @@ def _diagnostics(model, x: torch.Tensor) -> dict[str, float]:
 def _run(args, extra: list[str], d: Discretisation, seed: int, evals: list[Discretisation]) -> dict[str, Any]:
     from lightning.pytorch.callbacks import Timer
 
+    from hamode import ImplicitSolveError
+
     from .cli import cli
     from .module import HDNNClassifier
 
@@ -218,11 +220,10 @@ def _run(args, extra: list[str], d: Discretisation, seed: int, evals: list[Discr
             continue
         try:
             _set(model, e)
-        except ValueError as err:  # e.g. a splitting rule on a non-separable field
-            print(f"[compare]   {e.label}: not applicable ({err})", flush=True)
+            cross[e.label] = _accuracy(model, loader, device)
+        except (ValueError, ImplicitSolveError) as err:  # a splitting rule on a non-separable field; no solution
+            print(f"[compare]   {e.label}: not applicable ({str(err)[:200]})", flush=True)
             cross[e.label] = float("nan")
-            continue
-        cross[e.label] = _accuracy(model, loader, device)
     result["cross_eval"] = cross
     tmp = result_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1))
