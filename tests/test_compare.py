@@ -126,3 +126,14 @@ def test_hamode_command_dispatches_compare(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "usage: hamode compare" in text and "--eval-integrators" in text
+
+
+def test_cross_evaluation_that_cannot_run_is_recorded_as_not_applicable(tmp_path, capsys):
+    out = tmp_path / "na"
+    main(
+        ["--config", SWISS, "--integrators", "euler", "--eval-integrators", "euler,leapfrog", "--out", str(out), *SMALL]
+    )
+    cross = {c["evaluated"]: c["test_acc"] for c in _rows(out / "cross_eval.csv")}
+    assert cross["leapfrog"] == "nan" and float(cross["euler"]) > 0  # H1 is not separable: leapfrog cannot run
+    assert "leapfrog: not applicable (integrator 'leapfrog' needs a separable field" in capsys.readouterr().out
+    assert "| euler | " in (out / "summary.md").read_text() and "n/a" in (out / "summary.md").read_text()
