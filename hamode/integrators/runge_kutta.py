@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .base import Bounds, Integrator
 
-__all__ = ["RungeKutta"]
+__all__ = ["RungeKutta", "check_consistency"]
 
 _OUT = -1  # the step's output, as a consumer of stages
 
@@ -60,11 +60,7 @@ class RungeKutta(Integrator):
         c = tuple(sum(row) for row in A) if cls.c is None else tuple(float(x) for x in cls.c)
         if len(c) != s:
             raise ValueError(f"{cls.__name__}.c must have {s} entries, got {len(c)}")
-        for i in range(s):
-            if not math.isclose(c[i], sum(A[i]), rel_tol=0, abs_tol=1e-12):
-                raise ValueError(f"{cls.__name__}: c[{i}] = {c[i]} must equal the row sum of a ({sum(A[i])})")
-        if not math.isclose(sum(b), 1.0, rel_tol=0, abs_tol=1e-12):
-            raise ValueError(f"{cls.__name__}: the weights b must sum to 1 (consistency), got {sum(b)}")
+        check_consistency(cls.__name__, A, b, c)
         consumers = []
         for i in range(s):
             used = [(m, A[m][i]) for m in range(i + 1, s) if A[m][i] != 0.0]
@@ -141,6 +137,15 @@ class RungeKutta(Integrator):
             inner = 1 + h * sum(abs(self.a[i][j]) * K[j] for j in range(i))
             K.append(stage[i]["full"].to(torch.float64) * inner)
         return 1 + h * sum(abs(bi) * Ki for bi, Ki in zip(self.b, K))
+
+
+def check_consistency(name: str, A: Sequence[Sequence[float]], b: Sequence[float], c: Sequence[float]) -> None:
+    """A tableau's consistency conditions: ``c_i = Σ_j a_ij`` and ``Σ b_i = 1`` (explicit and implicit alike)."""
+    for i, row in enumerate(A):
+        if not math.isclose(c[i], sum(row), rel_tol=0, abs_tol=1e-12):
+            raise ValueError(f"{name}: c[{i}] = {c[i]} must equal the row sum of a ({sum(row)})")
+    if not math.isclose(sum(b), 1.0, rel_tol=0, abs_tol=1e-12):
+        raise ValueError(f"{name}: the weights b must sum to 1 (consistency), got {sum(b)}")
 
 
 def _combination(weights: Sequence[float], ks: Sequence[Tensor]) -> Tensor | None:
