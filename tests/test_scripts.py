@@ -168,3 +168,12 @@ def test_gradient_study_with_the_implicit_rule(tmp_path):
     assert float(rows["h1_implicit_midpoint"][5]) >= 1 - 1e-5  # TAC's bound, every probe sample (float32)
     assert float(rows["h1_implicit_midpoint"][7]) >= 1  # solver iterations per step
     assert (tmp_path / "gradient_study.png").stat().st_size > 0
+
+
+def test_new_script_arguments_are_checked(capsys):
+    with pytest.raises(SystemExit):
+        load("gradient_study").main(["--models", "h1_time_varying,resnet"])
+    assert "--models: unknown ['resnet']; valid: h1_time_varying" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        load("bench_cli_startup").main(["--repeats", "0"])
+    assert "--repeats must be >= 1, got 0" in capsys.readouterr().err
