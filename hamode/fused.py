@@ -21,6 +21,7 @@ torchdiffeq, autograd fields) and wherever the fused Function cannot be traced o
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,8 @@ class FusedSpec:
     integrator: Integrator
     schedule: Schedule
     reversible: bool = False
+    stats: dict | None = dataclasses.field(default=None, compare=False, repr=False)
+    """Where an implicit rule adds its iteration counts during the forward (None: not counted)."""
 
 
 POOL_ATTRIBUTE = FUSED_POOL_ATTRIBUTE
@@ -132,11 +135,12 @@ class FusedOps:
         "field",
         "fw",
         "groups",
+        "stats",
         "w",
     )
 
-    def __init__(self, field, fw: dict[str, Tensor]) -> None:
-        self.field, self.fw = field, fw
+    def __init__(self, field, fw: dict[str, Tensor], stats: dict | None = None) -> None:
+        self.field, self.fw, self.stats = field, fw, stats
         self._buffers = _take_buffers(field, fw)
         nodes = self._buffers.nodes
         self.w = nodes * field.n_layers if field.weights == "constant" else nodes
@@ -170,6 +174,10 @@ class FusedOps:
             self._gf.append(factors)  # the lists are cleared in place by reset(), never replaced
             self._af.append(alpha)
         return g
+
+    def state_vjp(self, j, y, ctx, c):
+        """``(∂f/∂y)ᵀ c`` without recording parameter factors (for the inner solves of implicit steps)."""
+        return self._fv(self.w[j], y, ctx, c)[0]
 
     def dp(self, j, q, alpha=1.0, base=None):
         return self._dpe(self.w[j], q, alpha, base)
@@ -300,15 +308,15 @@ def _run(spec: FusedSpec, y: Tensor, ops: FusedOps, tapes: list | None) -> Tenso
     return _join(spec, state)
 
 
-def _ops(field) -> FusedOps:
-    return FusedOps(field, field.fused_weights(field.weight_table()))
+def _ops(field, stats: dict | None = None) -> FusedOps:
+    return FusedOps(field, field.fused_weights(field.weight_table()), stats)
 
 
 @torch.no_grad()
 def fused_forward(spec: FusedSpec, y0: Tensor) -> Tensor:
     """y(T) without autograd (inference)."""
     dim = spec.field.dim
-    return _run(spec, y0.reshape(-1, dim), _ops(spec.field), None).reshape(y0.shape)
+    return _run(spec, y0.reshape(-1, dim), _ops(spec.field, spec.stats), None).reshape(y0.shape)
 
 
 @torch.no_grad()
@@ -368,7 +376,7 @@ class FusedFlow(torch.autograd.Function):
     def forward(ctx, spec: FusedSpec, y0: Tensor, *params: Tensor) -> Tensor:
         field = spec.field
         with torch.no_grad():
-            ops = _ops(field)
+            ops = _ops(field, spec.stats)
             tapes: list | None = None if spec.reversible else []
             out = _run(spec, y0.reshape(-1, field.dim), ops, tapes)
         ctx.spec, ctx.shape, ctx.ops = spec, y0.shape, ops
@@ -392,6 +400,7 @@ class FusedFlow(torch.autograd.Function):
             table = field.weight_table()  # keeps the graph parameters -> (derived) weights
         ops, fw = ctx.ops, ctx.ops.fw
         ops.reset()
+        ops.stats = None  # the reversible backward's re-solves are not the forward's statistics
         with torch.no_grad():
             g = _split(spec, g_out.reshape(-1, field.dim))
             state = _split(spec, out) if spec.reversible else None

@@ -260,7 +260,7 @@ class HamiltonianNet(nn.Module):
             states = [y0]
             reference_flow(self.field, disc.integrator, disc.schedule, y0, record=states.append, stats=stats)
             return Solution(torch.stack(states), stats)
-        spec = FusedSpec(self.field, disc.integrator, disc.schedule, disc.gradient == "reversible")
+        spec = FusedSpec(self.field, disc.integrator, disc.schedule, disc.gradient == "reversible", stats)
         needs_grad = torch.is_grad_enabled() and (
             y0.requires_grad or any(p.requires_grad for p in self.field.parameters())
         )

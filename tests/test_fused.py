@@ -30,7 +30,7 @@ def make(kind: str, n_layers: int, dtype=F64, weights="piecewise", seed=0):
 
 
 def fused_rules() -> list[str]:
-    """The rules the fused engine runs (every explicit declaration); implicit ones run on the reference path."""
+    """The rules the fused engine runs (every hamode declaration, explicit and implicit)."""
     return [n for n in hamode.list_integrators() if hamode.get_integrator(n).supports_fused]
 
 

@@ -9,6 +9,7 @@ from helpers import F64, log_slope
 
 import hamode
 from hamode.diagnostics import backward_sensitivity, energy_drift, sensitivity_norms, symplecticity_defect
+from hamode.fused import fused_applies
 
 IMPLICIT = [n for n in hamode.list_integrators() if hamode.get_integrator(n).implicit]
 
@@ -103,13 +104,15 @@ def test_gradients_match_central_finite_differences(name):
             assert abs(float(grad) - float(fd)) <= 1e-6 * max(abs(float(fd)), 1e-3), (index, float(grad), float(fd))
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fused", "reference"])
 @pytest.mark.parametrize("solver", ["newton", "fixed_point"])
 @pytest.mark.parametrize("name", IMPLICIT)
-def test_gradients_equal_autograd_through_a_fully_converged_iteration(name, solver):
-    """One step: IFT gradients against backpropagation through 200 plain fixed-point iterations."""
+def test_gradients_equal_autograd_through_a_fully_converged_iteration(name, solver, fast):
+    """One step: IFT gradients (fused engine and autograd reference) against backpropagation through 200 plain
+    fixed-point iterations."""
     rule = type(hamode.get_integrator(name))(solver=solver)
     f = field("H1_J2", 1)
-    net = hamode.HamiltonianNet(f, 0.2, rule)
+    net = hamode.HamiltonianNet(f, 0.2, rule, fast=fast)
     y0 = torch.randn(5, 4, dtype=F64, requires_grad=True)
     gy, *gp = torch.autograd.grad(_loss(net, y0), [y0, *f.parameters()])
 
@@ -156,6 +159,42 @@ def test_iterations_are_in_the_statistics():
     stats = net.stats
     assert stats["steps"] == 6 and stats["iterations"] >= 6 and 1 <= stats["max_iterations"] <= 20
     assert net.function_evaluations() == stats["nfe"] > 2 * stats["iterations"]
+
+
+def test_fused_and_reference_solves_count_the_same_iterations():
+    f = field("H1_J2", 4)
+    y0 = torch.randn(6, 4, dtype=F64)
+    stats = {}
+    for path in (True, False):
+        net = hamode.HamiltonianNet(f, 1.6, "gauss_legendre4", fast=path)
+        net(y0.clone().requires_grad_(True)).sum().backward()
+        stats[path] = dict(net.stats)
+    assert stats[True] == stats[False] and stats[True]["iterations"] >= 4
+    assert fused_applies(f, hamode.get_integrator("gauss_legendre4"), reversible=True)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fused", "reference"])
+def test_damped_newton_converges_where_the_undamped_iteration_diverges(fast, monkeypatch):
+    """Large steps on strong weights (dt Lip(f) ~ 20): plain Newton from f(y) wanders off for some rows; halving
+    their steps while the residual grows finds the solution of the stage equation."""
+    import hamode.integrators.implicit as implicit
+
+    torch.manual_seed(3)
+    f = hamode.make_field("H1_J1", dim=4, n_layers=1, dtype=F64, init="normal")
+    with torch.no_grad():
+        for p in f.parameters():
+            p.mul_(3.0)
+    y0 = torch.randn(400, 4, dtype=F64) * 2
+    net = hamode.HamiltonianNet(f, 0.4, "implicit_midpoint", fast=fast)
+    monkeypatch.setattr(implicit, "MAX_HALVINGS", 0)
+    with pytest.raises(hamode.ImplicitSolveError, match="did not converge"):
+        net(y0)
+    monkeypatch.undo()
+    with torch.no_grad():
+        y1 = net(y0)
+        layer = f.layer(0, f.weight_table(), net.grid)
+        residual = y1 - y0 - 0.4 * layer(0.2, 0.5 * (y0 + y1))  # the implicit midpoint equation itself
+    assert float(residual.abs().max()) < 1e-12
 
 
 def test_non_convergence_names_the_layer_and_what_to_change():

@@ -4,12 +4,17 @@ A Gauss-Legendre method with s stages has order 2s, is symplectic for every Hami
 structure matrix J (separable or not) and is symmetric, so its inverse step is the same method with ``-dt``.
 
 The stage equations ``K_i = f(t + c_i dt, y + dt Σ_j a_ij K_j)`` are solved per step, without autograd, by a
-simplified Newton iteration (the Jacobian of f at the step's start, per state row, factorised once per step)
-or by plain fixed-point iteration. Gradients are those of the **discrete** step map, by the implicit function
-theorem: the stage values are re-evaluated once with autograd at the converged solution, and a hook on them
-replaces their cotangent ``k̄`` by the solution ``μ`` of the transposed stage system
+damped simplified Newton iteration (the Jacobian of f per state row at the step's start, refreshed at the stage
+points when the iteration contracts slowly; a row whose residual would grow takes half the step) or by plain
+fixed-point iteration. Gradients are those of the **discrete** step map, by the implicit function theorem: the
+cotangent ``k̄`` of the stage values is replaced by the solution ``μ`` of the transposed stage system
 ``μ = k̄ + (∂F/∂K)ᵀ μ`` (one dense solve per state row with the Jacobians at the stage points for Newton, or
 matrix-free fixed-point iteration); backpropagation never goes through the iterations.
+
+Two paths run the same iteration: the autograd reference (:meth:`ImplicitRungeKutta.step`: the stages are
+re-evaluated once with autograd at the solution and a hook applies the transposed solve) and the fused engine
+(:meth:`~ImplicitRungeKutta.fused_step` / :meth:`~ImplicitRungeKutta.fused_vjp`: the field's analytic right-hand
+side and VJPs, Jacobians from one batched VJP, one recorded VJP per stage for the parameter gradients).
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ __all__ = ["GaussLegendre4", "ImplicitMidpoint", "ImplicitRungeKutta", "Implicit
 
 Solver = Literal["newton", "fixed_point"]
 
+MAX_HALVINGS = 10
+"""How many times a damped Newton step of an implicit rule may be halved in one iteration."""
+
 
 class ImplicitSolveError(RuntimeError):
     """The stage equations of an implicit step did not converge; the message says where and what to change."""
@@ -45,7 +53,7 @@ class ImplicitRungeKutta(Integrator):
             iteration that stalls at rounding level (change no longer decreasing and below ``sqrt(eps)``) is
             accepted too.
         max_iter: iterations per step before :class:`ImplicitSolveError`.
-        solver: ``"newton"`` (simplified Newton with the per-row Jacobian, for fields that act on each state row
+        solver: ``"newton"`` (damped simplified Newton with the per-row Jacobian, for fields that act on each state row
             ``y[..., :]`` independently, which every hamode field does) or ``"fixed_point"`` (no Jacobians, no
             assumption on the field; converges when ``|dt| Lip(f) ρ(A) < 1``).
     """
@@ -120,54 +128,97 @@ class ImplicitRungeKutta(Integrator):
 
     def solve_stages(self, f, t, y: Tensor, dt: float, stats: dict | None = None) -> Tensor:
         """The converged stage derivatives ``K`` (``(s, *y.shape)``), computed without autograd."""
-        rtol, floor = self._tolerance(y.dtype)
-        s, n = len(self.b), y.shape[-1]
         with torch.no_grad():
             y = y.detach()
-            k0 = f(t, y)
-            K = torch.stack([k0] * s)
-            lu = None
-            jacobian_evals = 0
-            if self.solver == "newton":
-                J = self._row_jacobian(f, t + 0.5 * dt, y)
-                jacobian_evals += 1
-                lu = torch.linalg.lu_factor(self._newton_matrix([J] * s, dt))
-            previous = math.inf
-            change = scale = math.nan
-            for it in range(1, self.max_iter + 1):
-                G = K - self._evaluate(f, t, y, K, dt)
-                if lu is None:
-                    delta = -G
-                else:  # (s, *rows, n) <-> (rows, s n)
-                    rhs = G.reshape(s, -1, n).permute(1, 0, 2).reshape(-1, s * n, 1)
-                    delta = -torch.linalg.lu_solve(*lu, rhs).reshape(-1, s, n).permute(1, 0, 2).reshape(G.shape)
-                K = K + delta
-                scale = float(K.abs().max()) if K.numel() else 0.0
-                change = float(delta.abs().max()) if K.numel() else 0.0
-                if not math.isfinite(change):
-                    break
-                if _converged(change, previous, scale, rtol, floor):
-                    if stats is not None:
-                        stats["iterations"] = stats.get("iterations", 0) + it
-                        stats["max_iterations"] = max(stats.get("max_iterations", 0), it)
-                        stats["nfe"] = stats.get("nfe", 0) + s * it + 1 + n * jacobian_evals
-                    return K
-                if lu is not None and change > 0.5 * previous:
-                    # slow or no contraction: Newton with the Jacobians at the current stage points
-                    Js = [
-                        self._row_jacobian(f, t + ci * dt, yi) for ci, yi in zip(self.c, self._stage_inputs(y, K, dt))
-                    ]
-                    jacobian_evals += s
-                    lu = torch.linalg.lu_factor(self._newton_matrix(Js, dt))
-                previous = change
-        layer = getattr(f, "j", "?")
+
+            def evaluate(K: Tensor) -> Tensor:
+                return self._evaluate(f, t, y, K, dt)
+
+            def jacobians(K: Tensor | None) -> list[Tensor]:
+                if K is None:  # the simplified Newton matrix: one Jacobian at the step's midpoint
+                    return [self._row_jacobian(f, t + 0.5 * dt, y)] * len(self.b)
+                points = zip(self.c, self._stage_inputs(y, K, dt))
+                return [self._row_jacobian(f, t + ci * dt, yi) for ci, yi in points]
+
+            where = f"layer {getattr(f, 'j', '?')} (t = {float(t):.6g}, dt = {dt:g})"
+            return self._iterate(evaluate, jacobians, y, f(t, y), dt, stats, where)
+
+    def _iterate(self, evaluate, jacobians, y: Tensor, k0: Tensor, dt: float, stats: dict | None, where: str):
+        """Solve ``K = evaluate(K)`` from ``K_i = k0``; ``jacobians(K)``: the per-row ``∂f/∂y`` at the stage points
+        of ``K`` (``None``: the simplified matrix's). Newton steps are damped per state row: a row whose residual
+        would grow takes half the step (up to :data:`MAX_HALVINGS` times) and the Jacobians are refreshed at the
+        new stage points, so the iteration does not diverge from a poor start at large steps. The stopping test
+        is on the full (undamped) Newton or fixed-point correction."""
+        rtol, floor = self._tolerance(y.dtype)
+        s, n = len(self.b), y.shape[-1]
+        K = torch.stack([k0] * s)
+        G = K - evaluate(K)
+        evaluations, jacobian_evals = 1 + s, 0
+        newton = self.solver == "newton"
+        lu = None
+        if newton:
+            lu = torch.linalg.lu_factor(self._newton_matrix(jacobians(None), dt))
+            jacobian_evals += 1
+        previous = math.inf
+        change = scale = math.nan
+        for it in range(1, self.max_iter + 1):
+            if lu is None:
+                delta = -G
+            else:  # (s, *rows, n) <-> (rows, s n)
+                rhs = G.reshape(s, -1, n).permute(1, 0, 2).reshape(-1, s * n, 1)
+                delta = -torch.linalg.lu_solve(*lu, rhs).reshape(-1, s, n).permute(1, 0, 2).reshape(G.shape)
+            change = float(delta.abs().max()) if K.numel() else 0.0
+            if not math.isfinite(change):
+                break
+            K_new = K + delta
+            G_new = K_new - evaluate(K_new)
+            evaluations += s
+            damped = False
+            if newton and K.numel():
+                K_new, G_new, damped, extra = self._damp(evaluate, K, G, delta, K_new, G_new, floor)
+                evaluations += s * extra
+            K, G = K_new, G_new
+            scale = float(K.abs().max()) if K.numel() else 0.0
+            if _converged(change, previous, scale, rtol, floor):
+                if stats is not None:
+                    stats["iterations"] = stats.get("iterations", 0) + it
+                    stats["max_iterations"] = max(stats.get("max_iterations", 0), it)
+                    stats["nfe"] = stats.get("nfe", 0) + evaluations + n * jacobian_evals
+                return K
+            if newton and (damped or change > 0.5 * previous):
+                # slow or no contraction: Newton with the Jacobians at the current stage points
+                lu = torch.linalg.lu_factor(self._newton_matrix(jacobians(K), dt))
+                jacobian_evals += s
+            previous = change
         raise ImplicitSolveError(
-            f"{self.name or type(self).__name__}: the stage equations of layer {layer} (t = {float(t):.6g}, "
-            f"dt = {dt:g}) did not converge in {self.max_iter} {self.solver} iterations: the last change of a "
-            f"stage value was {change:.3g} against {rtol:.3g} x {scale:.3g} required. Use a smaller h (or more "
-            "substeps), a larger max_iter or a looser rtol"
+            f"{self.name or type(self).__name__}: the stage equations of {where} did not converge in "
+            f"{self.max_iter} {self.solver} iterations: the last correction of a stage value was {change:.3g} against "
+            f"{rtol:.3g} x {scale:.3g} required. Use a smaller h (or more substeps), a larger max_iter or a looser rtol"
             + (", or solver='newton'." if self.solver == "fixed_point" else ".")
         )
+
+    def _damp(self, evaluate, K, G, delta, K_new, G_new, floor):
+        """Halve the Newton step of each state row whose residual max-norm would grow (and is above rounding
+        level), re-evaluating all rows once per halving. Returns ``(K, G, damped, halvings)``."""
+        s, n = K.shape[0], K.shape[-1]
+
+        def row_norm(R: Tensor) -> Tensor:
+            return R.reshape(s, -1, n).abs().amax(dim=(0, 2))
+
+        before = row_norm(G)
+        tiny = floor * float(K.abs().max())
+        lam = torch.ones_like(before)
+        halvings = 0
+        while True:
+            after = row_norm(G_new)
+            worse = ~(after <= torch.maximum(before, torch.full_like(before, tiny)))  # NaN counts as worse
+            if not bool(worse.any()) or halvings == MAX_HALVINGS:
+                return K_new, G_new, halvings > 0, halvings
+            halvings += 1
+            lam = torch.where(worse, 0.5 * lam, lam)
+            step = lam.reshape(1, -1, 1) * delta.reshape(s, -1, n)
+            K_new = K + step.reshape(K.shape)
+            G_new = K_new - evaluate(K_new)
 
     # ---------------------------------------------------------------- the step (autograd through the IFT)
     def step(self, f, t, y: Tensor, dt: float, stats: dict | None = None) -> Tensor:
@@ -237,6 +288,79 @@ class ImplicitRungeKutta(Integrator):
             f"{self.max_iter} fixed-point iterations (last change {change:.3g}); use solver='newton' or a smaller h"
         )
 
+    # ---------------------------------------------------------------- fused engine
+    # The same iteration on the field's analytic right-hand side (ops.f) and VJPs: no autograd graph. The tape holds
+    # each stage's input and activation context at the converged solution (the last evaluation of the iteration);
+    # the VJP solves the transposed stage system with unrecorded VJPs and records one VJP per stage (with the
+    # solution μ_i), so the parameter gradients are exact for the discrete step.
+    def fused_step(self, ops, j, y, dt):
+        contexts: list = []
+
+        def evaluate(K: Tensor) -> Tensor:
+            contexts.clear()
+            out = []
+            for yi in self._stage_inputs(y, K, dt):
+                ki, ctx = ops.f(j, yi)
+                out.append(ki)
+                contexts.append(ctx)
+            return torch.stack(out)
+
+        def jacobians(K: Tensor | None) -> list[Tensor]:
+            if K is None:
+                return [self._fused_jacobian(ops, j, y, ops.f(j, y)[1])] * len(self.b)
+            return [self._fused_jacobian(ops, j, yi, ctx) for yi, ctx in zip(self._stage_inputs(y, K, dt), contexts)]
+
+        K = self._iterate(evaluate, jacobians, y, ops.f(j, y)[0], dt, ops.stats, f"layer {j} (dt = {dt:g})")
+        Y = self._stage_inputs(y, K, dt)
+        tape = tuple(item for pair in zip(Y, contexts) for item in pair)
+        return y + dt * _weighted(self.b, K), tape
+
+    def fused_vjp(self, ops, j, tape, g, dt):
+        s, n = len(self.b), g.shape[-1]
+        Y, contexts = tape[0::2], tape[1::2]
+        kbar = torch.stack([(dt * bi) * g for bi in self.b])
+        if self.solver == "newton":
+            jac = [self._fused_jacobian(ops, j, yi, ctx) for yi, ctx in zip(Y, contexts)]
+            M = self._newton_matrix(jac, dt, transpose=True)
+            rhs = kbar.reshape(s, -1, n).permute(1, 0, 2).reshape(-1, s * n, 1)
+            mu = torch.linalg.solve(M, rhs).reshape(-1, s, n).permute(1, 0, 2).reshape(kbar.shape)
+        else:
+            mu = self._fused_adjoint_fixed_point(ops, j, Y, contexts, kbar, dt)
+        out = g
+        for yi, ctx, mi in zip(Y, contexts, mu):  # the recorded VJPs: the parameter factors of the step
+            out = ops.f_vjp(j, yi, ctx, mi, 1.0, out)
+        return out
+
+    def fused_inverse(self, ops, j, state, dt):
+        return self.fused_step(ops, j, state, -dt)[0]
+
+    def _fused_jacobian(self, ops, j, y: Tensor, ctx) -> Tensor:
+        """``∂f/∂y`` per row, ``(rows, n, n)``, by one unrecorded analytic VJP on n copies of the rows (copy k with
+        the cotangent ``e_k`` gives row k of each Jacobian)."""
+        rows, n = y.shape
+        units = torch.eye(n, dtype=y.dtype, device=y.device).repeat_interleave(rows, dim=0)
+        vjp = ops.state_vjp(j, y.repeat(n, 1), _repeat_rows(ctx, n), units)
+        return vjp.reshape(n, rows, n).transpose(0, 1)
+
+    def _fused_adjoint_fixed_point(self, ops, j, Y, contexts, kbar: Tensor, dt: float) -> Tensor:
+        rtol, floor = self._tolerance(kbar.dtype)
+        mu, previous, change = kbar, math.inf, math.nan
+        s = len(self.b)
+        for _ in range(self.max_iter):
+            vj = [ops.state_vjp(j, yi, ctx, mi) for yi, ctx, mi in zip(Y, contexts, mu)]  # (∂f/∂y)ᵀ μ_i at stage i
+            new = torch.stack(
+                [kbar[m] + dt * _weighted([self.a[i][m] for i in range(s)], torch.stack(vj)) for m in range(s)]
+            )
+            change, scale = float((new - mu).abs().max()), float(new.abs().max())
+            mu = new
+            if _converged(change, previous, scale, rtol, floor):
+                return mu
+            previous = change
+        raise ImplicitSolveError(
+            f"{self.name}: the adjoint stage equations of layer {j} did not converge in {self.max_iter} fixed-point "
+            f"iterations (last change {change:.3g}); use solver='newton' or a smaller h"
+        )
+
     # ---------------------------------------------------------------- inverse and bounds
     def inverse_step(self, f, t, y_next: Tensor, dt: float, stats: dict | None = None) -> Tensor:
         """The inverse of a symmetric method's step is the method with ``-dt`` from the step's end (to the
@@ -262,6 +386,13 @@ def _converged(change: float, previous: float, scale: float, rtol: float, floor:
     """The iteration's stopping test: the change is within ``rtol`` of the scale, or it stalled at rounding level
     (no longer decreasing and below ``floor`` = sqrt(eps) of the scale)."""
     return change <= rtol * scale or change == 0.0 or (previous <= change <= floor * scale)
+
+
+def _repeat_rows(ctx, n: int):
+    """A fused evaluation's context (a tensor or a tuple of tensors, rows first) for n stacked copies of its rows."""
+    if isinstance(ctx, tuple):
+        return tuple(_repeat_rows(c, n) for c in ctx)
+    return ctx.repeat(n, *([1] * (ctx.dim() - 1)))
 
 
 def _weighted(weights: Sequence[float], K: Tensor) -> Tensor:
