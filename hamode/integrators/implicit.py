@@ -31,7 +31,7 @@ from .runge_kutta import check_consistency
 
 __all__ = ["GaussLegendre4", "ImplicitMidpoint", "ImplicitRungeKutta", "ImplicitSolveError"]
 
-Solver = Literal["newton", "fixed_point"]
+Solver = Literal["auto", "newton", "fixed_point"]
 
 MAX_HALVINGS = 10
 """How many times a damped Newton step of an implicit rule may be halved in one iteration."""
@@ -50,12 +50,14 @@ class ImplicitRungeKutta(Integrator):
     Args:
         rtol: the iteration stops when the largest change of a stage value is at most ``rtol`` times the largest
             stage value (None: ``16 * eps`` of the state's dtype: 3.6e-15 in float64, 1.9e-6 in float32); an
-            iteration that stalls at rounding level (change no longer decreasing and below ``sqrt(eps)``) is
-            accepted too.
+            iteration that stalls at rounding level (below ``sqrt(eps)`` of the scale, with no new smallest change
+            for :data:`STALL_ITERATIONS` iterations) is accepted too.
         max_iter: iterations per step before :class:`ImplicitSolveError`.
         solver: ``"newton"`` (damped simplified Newton with the per-row Jacobian, for fields that act on each state row
-            ``y[..., :]`` independently, which every hamode field does) or ``"fixed_point"`` (no Jacobians, no
-            assumption on the field; converges when ``|dt| Lip(f) ρ(A) < 1``).
+            ``y[..., :]`` independently: :attr:`Field.row_local`, true of every dense hamode field; refused on the
+            others), ``"fixed_point"`` (no Jacobians, no assumption on the field; converges when
+            ``|dt| Lip(f) ρ(A) < 1``) or ``"auto"`` (the default: newton on row-local fields, fixed_point on the
+            others, e.g. the convolutional fields, whose Jacobian couples neighbouring pixels).
     """
 
     a: ClassVar[tuple[tuple[float, ...], ...]] = ()
@@ -63,13 +65,13 @@ class ImplicitRungeKutta(Integrator):
     c: ClassVar[tuple[float, ...]] = ()
     implicit: ClassVar[bool] = True
 
-    def __init__(self, rtol: float | None = None, max_iter: int = 100, solver: Solver = "newton") -> None:
+    def __init__(self, rtol: float | None = None, max_iter: int = 100, solver: Solver = "auto") -> None:
         if rtol is not None and not (isinstance(rtol, (int, float)) and math.isfinite(rtol) and rtol > 0):
             raise ValueError(f"rtol must be a number > 0 or None (16 eps of the dtype), got {rtol!r}")
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
-        if solver not in ("newton", "fixed_point"):
-            raise ValueError(f"solver must be 'newton' or 'fixed_point', got {solver!r}")
+        if solver not in ("auto", "newton", "fixed_point"):
+            raise ValueError(f"solver must be 'auto', 'newton' or 'fixed_point', got {solver!r}")
         self.rtol, self.max_iter, self.solver = rtol, max_iter, solver
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -141,9 +143,23 @@ class ImplicitRungeKutta(Integrator):
                 return [self._row_jacobian(f, t + ci * dt, yi) for ci, yi in points]
 
             where = f"layer {getattr(f, 'j', '?')} (t = {float(t):.6g}, dt = {dt:g})"
-            return self._iterate(evaluate, jacobians, y, f(t, y), dt, stats, where)
+            solver = self.solver_for(getattr(f, "field", None))
+            return self._iterate(evaluate, jacobians, y, f(t, y), dt, stats, where, solver)
 
-    def _iterate(self, evaluate, jacobians, y: Tensor, k0: Tensor, dt: float, stats: dict | None, where: str):
+    def solver_for(self, field) -> Literal["newton", "fixed_point"]:
+        """The solver this rule uses on ``field`` (``"auto"`` resolved); ``"newton"`` on a field whose rows are
+        coupled is refused (its per-row Jacobians would not be the field's Jacobian)."""
+        row_local = getattr(field, "row_local", True)
+        if self.solver == "auto":
+            return "newton" if row_local else "fixed_point"
+        if self.solver == "newton" and not row_local:
+            raise ValueError(
+                f"{self.name}: solver='newton' solves with per-row Jacobians, but {type(field).__name__} couples the "
+                "rows of its state (a convolution couples neighbouring pixels); use solver='fixed_point' or 'auto'"
+            )
+        return self.solver
+
+    def _iterate(self, evaluate, jacobians, y: Tensor, k0: Tensor, dt: float, stats: dict | None, where: str, solver):
         """Solve ``K = evaluate(K)`` from ``K_i = k0``; ``jacobians(K)``: the per-row ``∂f/∂y`` at the stage points
         of ``K`` (``None``: the simplified matrix's). Newton steps are damped per state row: a row whose residual
         would grow takes half the step (up to :data:`MAX_HALVINGS` times) and the Jacobians are refreshed at the
@@ -154,13 +170,14 @@ class ImplicitRungeKutta(Integrator):
         K = torch.stack([k0] * s)
         G = K - evaluate(K)
         evaluations, jacobian_evals = 1 + s, 0
-        newton = self.solver == "newton"
+        newton = solver == "newton"
         lu = None
         if newton:
             lu = torch.linalg.lu_factor(self._newton_matrix(jacobians(None), dt))
             jacobian_evals += 1
         previous = math.inf
         change = scale = math.nan
+        stop = _Stopping(rtol, floor)
         for it in range(1, self.max_iter + 1):
             if lu is None:
                 delta = -G
@@ -179,7 +196,7 @@ class ImplicitRungeKutta(Integrator):
                 evaluations += s * extra
             K, G = K_new, G_new
             scale = float(K.abs().max()) if K.numel() else 0.0
-            if _converged(change, previous, scale, rtol, floor):
+            if stop(change, scale):
                 if stats is not None:
                     stats["iterations"] = stats.get("iterations", 0) + it
                     stats["max_iterations"] = max(stats.get("max_iterations", 0), it)
@@ -192,9 +209,9 @@ class ImplicitRungeKutta(Integrator):
             previous = change
         raise ImplicitSolveError(
             f"{self.name or type(self).__name__}: the stage equations of {where} did not converge in "
-            f"{self.max_iter} {self.solver} iterations: the last correction of a stage value was {change:.3g} against "
+            f"{self.max_iter} {solver} iterations: the last correction of a stage value was {change:.3g} against "
             f"{rtol:.3g} x {scale:.3g} required. Use a smaller h (or more substeps), a larger max_iter or a looser rtol"
-            + (", or solver='newton'." if self.solver == "fixed_point" else ".")
+            + (", or solver='newton' (on row-local fields)." if solver == "fixed_point" else ".")
         )
 
     def _damp(self, evaluate, K, G, delta, K_new, G_new, floor):
@@ -252,7 +269,7 @@ class ImplicitRungeKutta(Integrator):
                     f"{self.name}: a backward with create_graph=True (second derivatives) is not supported by the "
                     "implicit-function gradient of implicit steps; use an explicit rule for double backward"
                 )
-            if self.solver == "newton":
+            if self.solver_for(getattr(f, "field", None)) == "newton":
                 return self._adjoint_dense(g, Y, stages, dt)
             return self._adjoint_fixed_point(g, stages, K0, f)
 
@@ -272,7 +289,7 @@ class ImplicitRungeKutta(Integrator):
 
     def _adjoint_fixed_point(self, g: Tensor, stages: list[Tensor], K0: Tensor, f) -> Tensor:
         rtol, floor = self._tolerance(g.dtype)
-        mu, previous = g, math.inf
+        mu, stop = g, _Stopping(rtol, floor)
         for _ in range(self.max_iter):
             # through the stage values themselves, not the hooked stack (that would call this hook again)
             (vjp,) = torch.autograd.grad(stages, K0, list(mu), retain_graph=True)
@@ -280,9 +297,8 @@ class ImplicitRungeKutta(Integrator):
             change = float((new - mu).abs().max())
             scale = float(new.abs().max())
             mu = new
-            if _converged(change, previous, scale, rtol, floor):
+            if stop(change, scale):
                 return mu
-            previous = change
         raise ImplicitSolveError(
             f"{self.name}: the adjoint stage equations of layer {getattr(f, 'j', '?')} did not converge in "
             f"{self.max_iter} fixed-point iterations (last change {change:.3g}); use solver='newton' or a smaller h"
@@ -310,7 +326,8 @@ class ImplicitRungeKutta(Integrator):
                 return [self._fused_jacobian(ops, j, y, ops.f(j, y)[1])] * len(self.b)
             return [self._fused_jacobian(ops, j, yi, ctx) for yi, ctx in zip(self._stage_inputs(y, K, dt), contexts)]
 
-        K = self._iterate(evaluate, jacobians, y, ops.f(j, y)[0], dt, ops.stats, f"layer {j} (dt = {dt:g})")
+        solver = self.solver_for(ops.field)
+        K = self._iterate(evaluate, jacobians, y, ops.f(j, y)[0], dt, ops.stats, f"layer {j} (dt = {dt:g})", solver)
         Y = self._stage_inputs(y, K, dt)
         tape = tuple(item for pair in zip(Y, contexts) for item in pair)
         return y + dt * _weighted(self.b, K), tape
@@ -319,7 +336,7 @@ class ImplicitRungeKutta(Integrator):
         s, n = len(self.b), g.shape[-1]
         Y, contexts = tape[0::2], tape[1::2]
         kbar = torch.stack([(dt * bi) * g for bi in self.b])
-        if self.solver == "newton":
+        if self.solver_for(ops.field) == "newton":
             jac = [self._fused_jacobian(ops, j, yi, ctx) for yi, ctx in zip(Y, contexts)]
             M = self._newton_matrix(jac, dt, transpose=True)
             rhs = kbar.reshape(s, -1, n).permute(1, 0, 2).reshape(-1, s * n, 1)
@@ -344,7 +361,7 @@ class ImplicitRungeKutta(Integrator):
 
     def _fused_adjoint_fixed_point(self, ops, j, Y, contexts, kbar: Tensor, dt: float) -> Tensor:
         rtol, floor = self._tolerance(kbar.dtype)
-        mu, previous, change = kbar, math.inf, math.nan
+        mu, change, stop = kbar, math.nan, _Stopping(rtol, floor)
         s = len(self.b)
         for _ in range(self.max_iter):
             vj = [ops.state_vjp(j, yi, ctx, mi) for yi, ctx, mi in zip(Y, contexts, mu)]  # (∂f/∂y)ᵀ μ_i at stage i
@@ -353,9 +370,8 @@ class ImplicitRungeKutta(Integrator):
             )
             change, scale = float((new - mu).abs().max()), float(new.abs().max())
             mu = new
-            if _converged(change, previous, scale, rtol, floor):
+            if stop(change, scale):
                 return mu
-            previous = change
         raise ImplicitSolveError(
             f"{self.name}: the adjoint stage equations of layer {j} did not converge in {self.max_iter} fixed-point "
             f"iterations (last change {change:.3g}); use solver='newton' or a smaller h"
@@ -382,10 +398,30 @@ class ImplicitRungeKutta(Integrator):
         return 1 + h * sum(abs(x) for x in self.b) * kappa
 
 
-def _converged(change: float, previous: float, scale: float, rtol: float, floor: float) -> bool:
-    """The iteration's stopping test: the change is within ``rtol`` of the scale, or it stalled at rounding level
-    (no longer decreasing and below ``floor`` = sqrt(eps) of the scale)."""
-    return change <= rtol * scale or change == 0.0 or (previous <= change <= floor * scale)
+STALL_ITERATIONS = 5
+"""An iteration whose change is below sqrt(eps) of the scale but has not reached a new minimum for this many
+iterations has stalled at rounding level and is accepted (an oscillating but still contracting iteration, whose
+change is not monotone, keeps going)."""
+
+
+class _Stopping:
+    """The iterations' stopping test: the change is within ``rtol`` of the scale, or it stalled at rounding level
+    (below ``floor`` = sqrt(eps) of the scale with no new smallest change for :data:`STALL_ITERATIONS` iterations)."""
+
+    __slots__ = ("best", "floor", "rtol", "since_best")
+
+    def __init__(self, rtol: float, floor: float) -> None:
+        self.rtol, self.floor = rtol, floor
+        self.best, self.since_best = math.inf, 0
+
+    def __call__(self, change: float, scale: float) -> bool:
+        if change <= self.rtol * scale or change == 0.0:
+            return True
+        if change < self.best:
+            self.best, self.since_best = change, 0
+        else:
+            self.since_best += 1
+        return self.since_best >= STALL_ITERATIONS and self.best <= self.floor * scale
 
 
 def _repeat_rows(ctx, n: int):
