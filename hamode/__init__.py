@@ -11,6 +11,8 @@ from .continuous import list_torchdiffeq_methods
 from .fields import (
     AutogradHamiltonianField,
     AutogradSeparableField,
+    ConvH1Field,
+    ConvH2Field,
     Field,
     H1Field,
     MS1Field,
@@ -41,6 +43,8 @@ __all__ = [
     "GRADIENT_MODES",
     "AutogradHamiltonianField",
     "AutogradSeparableField",
+    "ConvH1Field",
+    "ConvH2Field",
     "Field",
     "GaussLegendre4",
     "H1Field",

@@ -19,6 +19,12 @@ def _log_cosh(x: Tensor) -> Tensor:
     return a + F.softplus(-2.0 * a) - math.log(2.0)
 
 
+def _softplus(x: Tensor) -> Tensor:
+    # log(1 + e^x) = max(x, 0) + log1p(e^{-|x|}), exact everywhere: F.softplus returns x itself above its
+    # threshold (20), whose derivative 1 then differs from sigmoid(x) by ~e^{-20}
+    return torch.relu(x) + torch.log1p(torch.exp(-x.abs()))
+
+
 def _half_relu_sq(x: Tensor) -> Tensor:
     return 0.5 * torch.relu(x) ** 2
 
@@ -74,9 +80,7 @@ _ACTIVATIONS = {
     "relu": Activation(
         "relu", torch.relu, _half_relu_sq, lambda x: (x > 0).to(x.dtype), 1.0, _relu_backprop, torch.relu_
     ),
-    "sigmoid": Activation(
-        "sigmoid", torch.sigmoid, F.softplus, _sigmoid_prime, 0.25, _sigmoid_backprop, torch.sigmoid_
-    ),
+    "sigmoid": Activation("sigmoid", torch.sigmoid, _softplus, _sigmoid_prime, 0.25, _sigmoid_backprop, torch.sigmoid_),
 }
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "SavedBytes",
     "backward_sensitivity",
     "energy_drift",
+    "sensitivity_norm_estimate",
     "sensitivity_norms",
     "sensitivity_upper_bound",
     "symplecticity_defect",
@@ -32,7 +33,10 @@ def backward_sensitivity(net: HamiltonianNet, y0: Tensor, layers: Sequence[int] 
         layers: the boundaries j in ``[0, N]`` to return (default all ``N + 1``).
 
     Returns:
-        ``(len(layers), *y0.shape[:-1], dim, dim)``; row i, column k is ``∂y_N[i]/∂y_j[k]``.
+        ``(len(layers), *y0.shape[:-1], dim, dim)``; row i, column k is ``∂y_N[i]/∂y_j[k]``. For image fields
+        (``(B, C, H, W)`` states) the state of a sample is flattened: ``(len(layers), B, C H W, C H W)``, whose
+        structure matrix is ``field.flat_structure(H, W)``; use :func:`sensitivity_norm_estimate` beyond small
+        images.
     """
     N = net.n_layers
     wanted = list(range(N + 1)) if layers is None else [int(j) for j in layers]
@@ -51,14 +55,17 @@ def backward_sensitivity(net: HamiltonianNet, y0: Tensor, layers: Sequence[int] 
             return y + e
         return y
 
+    rank = net.field.state_rank  # image fields: one sample's state is (C, H, W), flattened to C H W coordinates
     with torch.enable_grad():
-        yN = net.run_layers(y0.detach(), tap)
+        yN = net.run_layers(y0.detach(), tap).flatten(-rank)
         inputs = [taps[j] for j in wanted]
         rows = []
         n = yN.shape[-1]
         for i in range(n):
             grads = torch.autograd.grad(yN[..., i].sum(), inputs, retain_graph=i < n - 1, allow_unused=True)
-            rows.append(torch.stack([torch.zeros_like(e) if g is None else g for g, e in zip(grads, inputs)]))
+            rows.append(
+                torch.stack([(torch.zeros_like(e) if g is None else g).flatten(-rank) for g, e in zip(grads, inputs)])
+            )
     return torch.stack(rows, dim=-2).detach()
 
 
@@ -80,6 +87,115 @@ def sensitivity_norms(S: Tensor) -> dict[str, Tensor]:
         "sigma_min_mean": flat_s.mean(1),
         "sigma_min_min": flat_s.min(1).values,
     }
+
+
+def sensitivity_norm_estimate(
+    net: HamiltonianNet, y0: Tensor, layer: int = 0, max_iter: int = 100, rtol: float = 1e-10, seed: int = 0
+) -> dict[str, Tensor | int]:
+    """Matrix-free ``‖∂y_N/∂y_j‖₂`` and the smallest singular value of ``∂y_N/∂y_j`` per sample.
+
+    For states too large for :func:`backward_sensitivity` (images: ``C H W`` coordinates per sample). Lanczos
+    iteration on ``AᵀA`` (``A = ∂y_N/∂y_j``) with full reorthogonalisation, one VJP (``Aᵀu``) and one JVP
+    (``A v``, by differentiating a VJP once more) per iteration, run for all samples at once (they do not
+    interact); the extreme Ritz values of the tridiagonal matrix give ``σ_max²`` and ``σ_min²``. It stops when
+    both changed by at most ``rtol`` (relative) in an iteration, after ``max_iter`` iterations, or when the
+    Krylov space is exhausted (then the values are exact to rounding: at most ``C H W`` iterations).
+
+    Args:
+        net: the network (explicit rules or torchdiffeq solves; the implicit rules offer no second derivatives).
+        y0: inputs.
+        layer: the boundary j in ``[0, N]``.
+        max_iter: Lanczos iterations at most.
+        rtol: the stopping tolerance on the extreme Ritz values.
+        seed: seeds the starting vectors.
+
+    Returns:
+        ``{"norm": (B,), "sigma_min": (B,), "iterations": int}``.
+    """
+    N = net.n_layers
+    if not 0 <= int(layer) <= N:
+        raise ValueError(f"layer must lie in [0, {N}], got {layer}")
+    if net.integrator is not None and net.integrator.implicit:
+        raise ValueError(
+            f"sensitivity_norm_estimate needs JVPs (second derivatives of the flow), which {net.integrator_name} "
+            "does not offer; use backward_sensitivity (exact, one reverse pass per state coordinate)"
+        )
+    rank = net.field.state_rank
+    tap: dict[str, Tensor] = {}
+
+    def at_boundary(j: int, y: Tensor) -> Tensor:
+        if j == layer:
+            tap["e"] = torch.zeros_like(y, requires_grad=True)
+            return y + tap["e"]
+        return y
+
+    with torch.enable_grad():
+        yN = net.run_layers(y0.detach(), at_boundary)
+        e = tap["e"]
+        u0 = torch.zeros_like(yN, requires_grad=True)
+        (vjp_u0,) = torch.autograd.grad(yN, e, u0, create_graph=True)  # Aᵀ u0, linear in u0
+
+        def AtA(v: Tensor) -> Tensor:
+            (Av,) = torch.autograd.grad(vjp_u0, u0, v, retain_graph=True)
+            (AtAv,) = torch.autograd.grad(yN, e, Av, retain_graph=True)
+            return AtAv.detach()
+
+        shape = e.shape
+        batch = shape[: e.dim() - rank]
+        n = int(torch.tensor(shape[e.dim() - rank :]).prod())
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        q = torch.randn(shape, generator=gen, dtype=e.dtype).to(e.device).reshape(-1, n)
+        q = q / q.norm(dim=1, keepdim=True)
+        rows = q.shape[0]
+        Q = [q]
+        alphas: list[Tensor] = []
+        betas: list[Tensor] = []
+        active = torch.ones(rows, dtype=torch.bool, device=e.device)
+        sizes = torch.zeros(rows, dtype=torch.long)
+        previous = None
+        iterations = 0
+        while iterations < min(max_iter, n):
+            iterations += 1
+            w = AtA(q.reshape(shape)).reshape(-1, n)
+            alpha = (q * w).sum(1)
+            w = w - alpha[:, None] * q - (betas[-1][:, None] * Q[-2] if betas else 0.0)
+            for _ in range(2):  # full reorthogonalisation, twice
+                basis = torch.stack(Q, 1)  # (rows, k, n)
+                w = w - torch.einsum("rkn,rk->rn", basis, torch.einsum("rkn,rn->rk", basis, w))
+            beta = w.norm(dim=1)
+            alphas.append(alpha)
+            sizes += active.long().cpu()
+            scale = torch.stack(alphas, 1).abs().amax(1)
+            exhausted = beta <= 1e-10 * scale.clamp_min(torch.finfo(e.dtype).tiny)
+            active = active & ~exhausted
+            betas.append(torch.where(active, beta, torch.zeros_like(beta)))
+            q = torch.where(active[:, None], w / beta.clamp_min(torch.finfo(e.dtype).tiny)[:, None], 0.0)
+            Q.append(q)
+            extremes = _ritz_extremes(alphas, betas, sizes)
+            if not bool(active.any()):
+                break
+            if previous is not None and bool(((extremes - previous).abs() <= rtol * extremes.abs()).all()):
+                break
+            previous = extremes
+    extremes = _ritz_extremes(alphas, betas, sizes)
+    return {
+        "norm": extremes[:, 1].clamp_min(0).sqrt().reshape(batch),
+        "sigma_min": extremes[:, 0].clamp_min(0).sqrt().reshape(batch),
+        "iterations": iterations,
+    }
+
+
+def _ritz_extremes(alphas: list[Tensor], betas: list[Tensor], sizes: Tensor) -> Tensor:
+    """``(rows, 2)``: the smallest and largest eigenvalue of each row's Lanczos tridiagonal matrix (its own size)."""
+    a = torch.stack(alphas, 1)
+    b = torch.stack(betas, 1)
+    out = []
+    for r in range(a.shape[0]):
+        k = int(sizes[r])
+        T = torch.diag(a[r, :k]) + torch.diag(b[r, : k - 1], 1) + torch.diag(b[r, : k - 1], -1)
+        ev = torch.linalg.eigvalsh(T)
+        out.append(torch.stack([ev[0], ev[-1]]))
+    return torch.stack(out)
 
 
 def symplecticity_defect(Phi: Tensor, J: Tensor) -> Tensor:

@@ -315,15 +315,14 @@ def _ops(field, stats: dict | None = None) -> FusedOps:
 @torch.no_grad()
 def fused_forward(spec: FusedSpec, y0: Tensor) -> Tensor:
     """y(T) without autograd (inference)."""
-    dim = spec.field.dim
-    return _run(spec, y0.reshape(-1, dim), _ops(spec.field, spec.stats), None).reshape(y0.shape)
+    return _run(spec, spec.field.fused_rows(y0), _ops(spec.field, spec.stats), None).reshape(y0.shape)
 
 
 @torch.no_grad()
 def fused_inverse_flow(spec: FusedSpec, y_end: Tensor) -> Tensor:
     """The exact inverse steps from ``y(T)`` back to ``y(0)`` (reversible integrators)."""
     ops, inverse = _ops(spec.field), spec.integrator.fused_inverse
-    state = _split(spec, y_end.reshape(-1, spec.field.dim))
+    state = _split(spec, spec.field.fused_rows(y_end))
     dt = spec.schedule.dt
     for j in reversed(range(spec.schedule.n_layers)):
         for _ in range(spec.schedule.substeps):
@@ -378,7 +377,7 @@ class FusedFlow(torch.autograd.Function):
         with torch.no_grad():
             ops = _ops(field, spec.stats)
             tapes: list | None = None if spec.reversible else []
-            out = _run(spec, y0.reshape(-1, field.dim), ops, tapes)
+            out = _run(spec, field.fused_rows(y0), ops, tapes)
         ctx.spec, ctx.shape, ctx.ops = spec, y0.shape, ops
         ctx.versions = tensor_versions(field)
         flat, ctx.tape_widths = _flatten_tapes(tapes or [])
@@ -402,7 +401,7 @@ class FusedFlow(torch.autograd.Function):
         ops.reset()
         ops.stats = None  # the reversible backward's re-solves are not the forward's statistics
         with torch.no_grad():
-            g = _split(spec, g_out.reshape(-1, field.dim))
+            g = _split(spec, field.fused_rows(g_out))
             state = _split(spec, out) if spec.reversible else None
             acc: dict[str, Tensor] = {}
             chunk, upper = None, schedule.n_layers  # layers [j, upper) recorded and not yet flushed

@@ -1,9 +1,10 @@
-"""Plain nn.Modules built on HamiltonianNet: the 2-D classifier and the MNIST conv net of L4DC."""
+"""Plain nn.Modules built on HamiltonianNet: the 2-D classifier, the MNIST net of L4DC and a Hamiltonian CNN."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +13,7 @@ from .architectures import make_field
 from .net import HamiltonianNet
 from .validation import check_int
 
-__all__ = ["MNISTHDNN", "Toy2DClassifier", "build_net", "resolve_t_end"]
+__all__ = ["MNISTHDNN", "HamiltonianCNN", "Toy2DClassifier", "build_net", "resolve_t_end"]
 
 
 def resolve_t_end(n_layers: int, t_end: float | None, h: float | None) -> float:
@@ -40,11 +41,25 @@ def build_net(
     weights: str = "piecewise",
     init: str = "default",
     solver_options: dict[str, Any] | None = None,
+    images: bool = False,
 ) -> HamiltonianNet:
-    """A :class:`HamiltonianNet` from plain hyper-parameters (what configs and checkpoints store)."""
+    """A :class:`HamiltonianNet` from plain hyper-parameters (what configs and checkpoints store).
+
+    ``images``: whether the caller feeds image states ``(B, C, H, W)``; an image architecture (ConvH1, ConvH2) is
+    refused otherwise, and a dense one when it is set."""
     field = make_field(
         architecture, dim=dim, n_layers=n_layers, width=width, activation=activation, weights=weights, init=init
     )
+    if (field.state_rank == 3) != images:
+        from .architectures import architecture_info, list_architectures
+
+        kind = "image" if images else "dense"
+        allowed = [a for a in list_architectures() if (architecture_info(a).field_class.state_rank == 3) == images]
+        states = "image states (B, C, H, W)" if field.state_rank == 3 else "(..., dim) states"
+        raise ValueError(
+            f"architecture {architecture!r} acts on {states}, but this model needs a {kind} field: choose one of "
+            f"{', '.join(allowed)}"
+        )
     return HamiltonianNet(
         field,
         resolve_t_end(n_layers, t_end, h),
@@ -190,3 +205,104 @@ class MNISTHDNN(nn.Module):
         if self.net is None:
             return self.head.weight.new_zeros(())
         return self.net.regularization(alpha)
+
+
+class HamiltonianCNN(nn.Module):
+    """A multi-stage Hamiltonian CNN for images ``(B, in_channels, H, W)``.
+
+    A stem convolution (3x3, ``in_channels -> channels[0]``), then per stage a :class:`HamiltonianNet` on an
+    image field (``ConvH2`` or ``ConvH1_J1``/``ConvH1_J2``: its symplectic flow, TAC's lower bound under
+    symplectic Euler and exact reversibility hold inside the stage), between stages a **non-Hamiltonian**
+    transition that halves the resolution and changes the channels (``"conv"``: a 3x3 convolution with stride
+    2; ``"pool"``: 2x2 average pooling and a 1x1 convolution), global average pooling and a linear head.
+
+    Args:
+        in_channels: image channels.
+        n_classes: outputs of the head.
+        channels: channels of each stage (even for ConvH2).
+        layers: Hamiltonian layers of each stage (same length as ``channels``).
+        architecture: the stages' image field.
+        h: the layer step of every stage (``t_end = h * layers``).
+        integrator, substeps, gradient, activation, weights, init, solver_options: see :func:`build_net`.
+        width: hidden channels of the fields' convolutions (None: the field's default).
+        kernel_size: the fields' convolution kernel.
+        transition: ``"conv"`` or ``"pool"``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        n_classes: int = 10,
+        channels: Sequence[int] = (16, 32),
+        layers: Sequence[int] = (4, 4),
+        architecture: str = "ConvH2",
+        h: float = 0.2,
+        integrator: str | None = None,
+        substeps: int = 1,
+        gradient: str = "backprop",
+        activation: str = "tanh",
+        width: int | None = None,
+        kernel_size: int = 3,
+        transition: Literal["conv", "pool"] = "conv",
+        weights: str = "piecewise",
+        init: str = "default",
+        solver_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        channels, layers = list(channels), list(layers)
+        if not channels or len(channels) != len(layers):
+            raise ValueError(
+                f"channels and layers must name the same stages (one entry each), got {channels} and {layers}"
+            )
+        for c in channels:
+            check_int("channels", c, 1)
+        for n in layers:
+            check_int("layers", n, 1)
+        if transition not in ("conv", "pool"):
+            raise ValueError(f"transition must be 'conv' or 'pool', got {transition!r}")
+        self.stem = nn.Conv2d(check_int("in_channels", in_channels, 1), channels[0], 3, padding=1)
+        self.stages = nn.ModuleList()
+        from .architectures import architecture_info
+
+        if architecture_info(architecture).field_class.state_rank != 3:
+            raise ValueError(f"architecture {architecture!r} is not an image field; use ConvH1_J1, ConvH1_J2 or ConvH2")
+        for c, n in zip(channels, layers):
+            field = make_field(
+                architecture,
+                dim=c,
+                n_layers=n,
+                width=width,
+                activation=activation,
+                weights=weights,
+                init=init,
+                kernel_size=kernel_size,
+            )
+            self.stages.append(
+                HamiltonianNet(
+                    field, resolve_t_end(n, None, h), integrator, substeps, gradient, solver_options=solver_options
+                )
+            )
+        self.transitions = nn.ModuleList()
+        for c_in, c_out in itertools.pairwise(channels):
+            if transition == "conv":
+                self.transitions.append(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1))
+            else:
+                self.transitions.append(nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(c_in, c_out, 1)))
+        self.head = nn.Linear(channels[-1], check_int("n_classes", n_classes, 1))
+
+    def features(self, images: Tensor) -> Tensor:
+        """The last stage's output ``(B, channels[-1], H', W')``."""
+        y = self.stem(images)
+        for i, net in enumerate(self.stages):
+            if i:
+                y = self.transitions[i - 1](y)
+            y = net(y)
+        return y
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits ``(B, n_classes)``."""
+        return self.head(self.features(images).mean((-2, -1)))
+
+    def regularization(self, alpha: float) -> Tensor:
+        """The smoothness regulariser summed over the stages."""
+        return sum((net.regularization(alpha) for net in self.stages), self.head.weight.new_zeros(()))

@@ -51,7 +51,31 @@ def symplectic_integrators() -> list[str]:
 
 
 def separable_architectures() -> list[str]:
-    return [a for a in hamode.list_architectures() if hamode.architecture_info(a).field_class.separable]
+    """The separable architectures on ``(..., dim)`` states (the image fields' generic tests are in test_conv.py,
+    over every integrator, on ``(B, C, H, W)`` states)."""
+    return [
+        a
+        for a in hamode.list_architectures()
+        if hamode.architecture_info(a).field_class.separable and hamode.architecture_info(a).field_class.state_rank == 1
+    ]
+
+
+def image_architectures() -> list[str]:
+    return [a for a in hamode.list_architectures() if hamode.architecture_info(a).field_class.state_rank == 3]
+
+
+def example_state(field, batch: int, size: tuple[int, int] = (4, 4), dtype=F64, **kw) -> torch.Tensor:
+    """A random state the field accepts: ``(batch, dim)``, or ``(batch, C, H, W)`` for image fields."""
+    if field.state_rank == 3:
+        return torch.randn(batch, field.dim, *size, dtype=dtype, **kw)
+    return torch.randn(batch, field.dim, dtype=dtype, **kw)
+
+
+def flat_structure(field, y: torch.Tensor) -> torch.Tensor:
+    """The structure matrix on one sample's flattened state (``J ⊗ I_{HW}`` for image fields)."""
+    if field.state_rank == 3:
+        return field.flat_structure(*y.shape[-2:])
+    return field.J
 
 
 def field_for(integrator: str, n_layers: int = 4, dim: int = 4, seed: int = 0, **kw) -> Field:

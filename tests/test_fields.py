@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import F64
+from helpers import F64, example_state
 
 import hamode
 from hamode.fields import AutogradHamiltonianField, SparseSeparableField
@@ -16,12 +16,17 @@ PARAMS_PER_LAYER = {  # the papers' parameter counts, n = dim, m = default width
     "MS1": lambda n: n * n // 4 + n,
     "MS2": lambda n: (n * n + n) // 2,
     "MS3": lambda n: n * n // 2 + n,
+    "ConvH1_J1": lambda n: 9 * n * n + n,  # K: (C, C, 3, 3), b: (C,)
+    "ConvH1_J2": lambda n: 9 * n * n + n,
+    "ConvH2": lambda n: 2 * (9 * (n // 2) ** 2 + n // 2),  # K_p, K_q: (C/2, C/2, 3, 3), b_p, b_q
 }
 
 
 def _autograd_rhs(layer, t, y):
     y = y.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(layer.hamiltonian(t, y).sum(), y)
+    if layer.field.state_rank == 3:  # J acts on the channels of every pixel
+        return torch.einsum("cd,bdhw->bchw", layer.structure(t), g)
     return g @ layer.structure(t).mT
 
 
@@ -31,7 +36,7 @@ def _autograd_rhs(layer, t, y):
 def test_rhs_equals_J_grad_H(arch, activation, weights):
     field = hamode.make_field(arch, dim=6, n_layers=3, activation=activation, weights=weights, init="normal", dtype=F64)
     grid = hamode.HamiltonianNet(field, t_end=1.5).grid
-    y = torch.randn(4, 6, dtype=F64)
+    y = example_state(field, 4, size=(5, 3))
     for j in range(3):
         t = grid.start(j) + 0.23
         layer = field.layer(j, grid=grid)
@@ -55,7 +60,7 @@ def test_weight_paths_node_counts_and_default_integrator(arch):
     for weights, nodes in (("piecewise", 7), ("constant", 1), ("linear", 8)):
         field = hamode.make_field(arch, dim=4, n_layers=7, weights=weights)
         assert all(getattr(field, k).shape[0] == nodes for k in field._stacked_names)
-    expected = "euler" if arch in ("H1_J1", "H1_J2", "MS2") else "symplectic_euler"
+    expected = "euler" if arch in ("H1_J1", "H1_J2", "MS2", "ConvH1_J1", "ConvH1_J2") else "symplectic_euler"
     assert hamode.architecture_info(arch).default_integrator == expected
     net = hamode.HamiltonianNet(hamode.make_field(arch, dim=4, n_layers=2), t_end=1.0)
     assert net.integrator_name == expected

@@ -216,7 +216,7 @@ def test_newton_and_fixed_point_agree_and_settings_are_checked():
         a = hamode.HamiltonianNet(f, 0.4, hamode.GaussLegendre4(solver="newton"))(y0)
         b = hamode.HamiltonianNet(f, 0.4, hamode.GaussLegendre4(solver="fixed_point"))(y0)
     assert torch.allclose(a, b, rtol=0, atol=1e-13)
-    with pytest.raises(ValueError, match="solver must be 'newton' or 'fixed_point', got 'gmres'"):
+    with pytest.raises(ValueError, match="solver must be 'auto', 'newton' or 'fixed_point', got 'gmres'"):
         hamode.GaussLegendre4(solver="gmres")
     with pytest.raises(ValueError, match="max_iter must be an int >= 1, got 0"):
         hamode.GaussLegendre4(max_iter=0)

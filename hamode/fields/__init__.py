@@ -2,6 +2,7 @@
 
 from .autograd import AutogradHamiltonianField, AutogradSeparableField
 from .base import Field, LayerRHS
+from .conv import ConvField, ConvH1Field, ConvH2Field, Convolution
 from .hamiltonian import H1Field
 from .ms import MS1Field, MS2Field
 from .separable import MS3Field, SeparableField, SparseSeparableField
@@ -10,6 +11,10 @@ from .structure import check_skew, j1, j2
 __all__ = [
     "AutogradHamiltonianField",
     "AutogradSeparableField",
+    "ConvField",
+    "ConvH1Field",
+    "ConvH2Field",
+    "Convolution",
     "Field",
     "H1Field",
     "LayerRHS",

@@ -44,6 +44,10 @@ class Field(nn.Module):
     separable: ClassVar[bool] = False
     constant_structure: ClassVar[bool] = True
     default_integrator: ClassVar[str] = "euler"
+    state_rank: ClassVar[int] = 1
+    """How many trailing axes hold one sample's state: 1 for ``(..., dim)``, 3 for images ``(B, C, H, W)``."""
+    row_local: ClassVar[bool] = True
+    """Whether the field acts on each row ``y[..., :]`` independently (so per-row Jacobians are its Jacobian)."""
 
     def __init__(
         self,
@@ -180,6 +184,10 @@ class Field(nn.Module):
                 f"{name} has dtype {y.dtype} on {y.device}, but the field's parameters have dtype {ref.dtype} on "
                 f"{ref.device}; convert one of them (e.g. field.to(y.dtype) or y.to(...))"
             )
+
+    def fused_rows(self, y: Tensor) -> Tensor:
+        """The state as the fused engine's evaluations take it: ``(rows, dim)`` (image fields keep their axes)."""
+        return y.reshape(-1, self.dim)
 
     # ---------------------------------------------------------------- continuous-time interface
     def forward(self, t: Tensor | float, y: Tensor, grid: LayerGrid | None = None) -> Tensor:

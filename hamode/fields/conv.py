@@ -1,0 +1,364 @@
+"""Convolutional H-DNN fields on image-shaped states ``(B, C, H, W)`` (channels first).
+
+With K a convolution and Kᵀ its adjoint (the transposed convolution with the same weights), the layers
+
+- ConvH1: ``dy/dt = J Kᵀ σ(K y + b)``, ``H(y) = Σ σ̃(K * y + b)`` (J acting on channels), and
+- ConvH2: ``y = [p, q]`` on channels (p the first C/2), ``dp/dt = -Xᵀ K_qᵀ σ(K_q q + b_q)``,
+  ``dq/dt = X K_pᵀ σ(K_p p + b_p)`` (X a 1x1 channel mixing),
+
+are exactly ``J ∇H`` with the structure ``J ⊗ I`` on the flattened state, so every guarantee of the dense
+fields (symplectic flows under symplectic rules, TAC's non-vanishing gradients, exact reversibility) carries over.
+A convolution couples neighbouring pixels: the fields are not "row-local" (see :attr:`Field.row_local`).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.grad import conv2d_weight
+
+from ..activations import Activation
+from ..architectures import register_architecture
+from ..validation import check_int
+from .base import Field, SeparableMixin
+from .structure import check_skew, j1, j2
+
+__all__ = ["ConvField", "ConvH1Field", "ConvH2Field", "Convolution"]
+
+Padding = Literal["zeros", "circular"]
+
+
+class Convolution:
+    """A size-preserving 2-D convolution, its adjoint and its weight gradient (stride 1, odd kernel).
+
+    ``apply(x, W)`` is ``K x`` for a weight ``W: (m, C, k, k)``; ``adjoint(z, W)`` is ``Kᵀ z`` (so
+    ``<K x, z> = <x, Kᵀ z>`` exactly); ``weight_grad(x, g, shape)`` is ``∂<g, K x>/∂W``.
+    """
+
+    def __init__(self, kernel_size: int = 3, dilation: int = 1, padding: Padding = "zeros") -> None:
+        self.kernel_size = check_int("kernel_size", kernel_size, 1)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (a size-preserving convolution), got {kernel_size}")
+        self.dilation = check_int("dilation", dilation, 1)
+        if padding not in ("zeros", "circular"):
+            raise ValueError(f"padding must be 'zeros' or 'circular', got {padding!r}")
+        self.padding = padding
+        self.pad = self.dilation * (self.kernel_size - 1) // 2
+
+    def __repr__(self) -> str:
+        return f"Convolution(kernel_size={self.kernel_size}, dilation={self.dilation}, padding={self.padding!r})"
+
+    def _circular(self, x: Tensor) -> Tensor:
+        p = self.pad
+        return F.pad(x, (p, p, p, p), mode="circular") if p else x
+
+    def apply(self, x: Tensor, W: Tensor) -> Tensor:
+        if self.padding == "circular":
+            return F.conv2d(self._circular(x), W, dilation=self.dilation)
+        return F.conv2d(x, W, padding=self.pad, dilation=self.dilation)
+
+    def adjoint(self, z: Tensor, W: Tensor) -> Tensor:
+        if self.padding == "circular":  # a circular correlation's adjoint: the flipped, transposed kernel
+            return F.conv2d(self._circular(z), W.transpose(0, 1).flip(-1, -2), dilation=self.dilation)
+        return F.conv_transpose2d(z, W, padding=self.pad, dilation=self.dilation)
+
+    def weight_grad(self, x: Tensor, g: Tensor, shape: torch.Size) -> Tensor:
+        if self.padding == "circular":
+            return conv2d_weight(self._circular(x), shape, g, dilation=self.dilation)
+        return conv2d_weight(x, shape, g, padding=self.pad, dilation=self.dilation)
+
+    def operator_norm_bound(self, W: Tensor) -> Tensor:
+        """``Σ_taps ‖W[:, :, a, b]‖₂ >= ‖K‖₂`` (Young's inequality; the leading axes of ``W`` are kept)."""
+        taps = W.flatten(-2).movedim(-1, 0)  # (k*k, ..., m, C)
+        return torch.linalg.matrix_norm(taps, 2).sum(0)
+
+
+def channel_mix(M: Tensor, z: Tensor) -> Tensor:
+    """``(M z)_c = Σ_d M[c, d] z_d`` on the channel axis of ``(B, C, H, W)`` (a 1x1 convolution)."""
+    return torch.einsum("cd,bdhw->bchw", M, z)
+
+
+class ConvField(Field):
+    """Base of the convolutional fields: states ``(B, C, H, W)`` with ``C = dim`` channels, any H x W.
+
+    The state of one sample is ``(C, H, W)``; diagnostics flatten it to ``C H W`` coordinates, where the
+    structure matrix is ``J ⊗ I_{HW}`` (:meth:`flat_structure`).
+    """
+
+    state_rank: ClassVar[int] = 3
+    row_local: ClassVar[bool] = False
+    fused_shared_keys: ClassVar[tuple[str, ...]] = ("J", "Jt", "X", "Xt")
+
+    def check_state(self, y, name: str = "y") -> None:
+        if not isinstance(y, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(y).__name__}")
+        if y.dim() != 4 or y.shape[1] != self.dim:
+            raise ValueError(
+                f"{name} must be an image batch (B, C, H, W) with C = dim = {self.dim} channels; got shape "
+                f"{tuple(y.shape)}"
+            )
+        super().check_state(y.movedim(1, -1), name)
+
+    def fused_rows(self, y: Tensor) -> Tensor:
+        return y.reshape(-1, *y.shape[-3:])
+
+    def flat_structure(self, height: int, width: int) -> Tensor:
+        """The structure matrix on the flattened ``(C, H, W)`` state: ``J ⊗ I_{HW}``."""
+        J = self.J
+        return torch.kron(J, torch.eye(height * width, dtype=J.dtype, device=J.device))
+
+    def _bias(self, b: Tensor) -> Tensor:
+        return b[:, None, None]
+
+
+@register_architecture("ConvH1_J1", J="J1")
+@register_architecture("ConvH1_J2", J="J2")
+class ConvH1Field(ConvField):
+    """ConvH1: ``dy/dt = J Kᵀ σ(K y + b)`` on ``(B, C, H, W)``, K a ``C -> m`` convolution, J on channels.
+
+    ``H(y) = Σ_{channels, pixels} σ̃(K * y + b)`` per sample.
+
+    Args:
+        dim: channels C.
+        n_layers: number of layers N.
+        width: channels m of ``K y`` (default C).
+        kernel_size, dilation, padding: the convolution (odd kernel, size-preserving; ``"zeros"`` or
+            ``"circular"`` padding).
+        J: ``"J1"`` (even C), ``"J2"`` or a (C, C) skew-symmetric tensor.
+        activation, weights: see :class:`Field`.
+        init: ``"default"`` (K ~ N(0, 1/(C k²)), b = 0) or ``"normal"`` (N(0, 1)).
+
+    Parameters: ``K`` (nodes, m, C, k, k), ``b`` (nodes, m).
+    """
+
+    default_integrator: ClassVar[str] = "euler"
+
+    def __init__(
+        self,
+        dim: int,
+        n_layers: int,
+        width: int | None = None,
+        kernel_size: int = 3,
+        dilation: int = 1,
+        padding: Padding = "zeros",
+        J: str | Tensor = "J1",
+        activation: str | Activation = "tanh",
+        weights: str = "piecewise",
+        init: str = "default",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(dim, n_layers, activation, weights)
+        self.conv = Convolution(kernel_size, dilation, padding)
+        factory = {"dtype": dtype, "device": device}
+        m = dim if width is None else check_int("width", width, 1)
+        self.width = m
+        k = self.conv.kernel_size
+        self._stacked("K", (m, dim, k, k), dim * k * k, init, factory)
+        self._stacked("b", (m,), None, init, factory)
+        if isinstance(J, str):
+            if J not in ("J1", "J2"):
+                raise ValueError(f"J must be 'J1', 'J2' or a skew-symmetric ({dim}, {dim}) tensor; got {J!r}")
+            self.register_buffer("J_matrix", (j1 if J == "J1" else j2)(dim, **factory))
+        else:
+            check_skew(J, dim)
+            self.register_buffer("J_matrix", J.detach().clone().to(**{k: v for k, v in factory.items() if v}))
+
+    def weight_table(self) -> dict[str, Tensor]:
+        table = super().weight_table()
+        table["J"] = self.J_matrix
+        return table
+
+    def _rhs(self, w: dict[str, Tensor], y: Tensor) -> Tensor:
+        K = w["K"]
+        s = self.activation.sigma(self.conv.apply(y, K) + self._bias(w["b"]))
+        return channel_mix(w["J"], self.conv.adjoint(s, K))
+
+    def _energy(self, w: dict[str, Tensor], y: Tensor) -> Tensor:
+        z = self.conv.apply(y, w["K"]) + self._bias(w["b"])
+        return self.activation.antiderivative(z).sum((-3, -2, -1))
+
+    def _structure(self, w: dict[str, Tensor]) -> Tensor:
+        return w["J"]
+
+    def _lipschitz(self, w: dict[str, Tensor]) -> dict[str, Tensor]:
+        S = self.activation.slope_bound
+        return {"full": S * torch.linalg.matrix_norm(w["J"], 2) * self.conv.operator_norm_bound(w["K"]) ** 2}
+
+    # fused engine: the same products without autograd; ctx = σ(K y + b)
+    def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"K": table["K"], "b": table["b"], "J": table["J"], "Jt": table["J"].mT}
+
+    def fused_f(self, w, y, alpha=1.0, base=None):
+        K = w["K"]
+        s = self.activation.sigma_(self.conv.apply(y, K).add_(self._bias(w["b"])))
+        out = channel_mix(w["J"], self.conv.adjoint(s, K))
+        return _scaled(out, alpha, base), s
+
+    def fused_f_vjp(self, w, y, s, c, alpha=1.0, base=None):
+        K = w["K"]
+        cj = channel_mix(w["Jt"], c)
+        gz = self.activation.backprop_through_output(self.conv.apply(cj, K), s)
+        return _scaled(self.conv.adjoint(gz, K), alpha, base), (s, cj, gz, y)
+
+    def fused_group_grads(self, name, fw, table, factors, a):
+        return _conv_group_grads(self.conv, fw["K"], factors, a, "K", "b", sign=1.0)
+
+
+@register_architecture("ConvH2")
+class ConvH2Field(SeparableMixin, ConvField):
+    """ConvH2: ``y = [p, q]`` split on channels (p = the first C/2), ``dp/dt = -Xᵀ K_qᵀ σ(K_q q + b_q)``,
+    ``dq/dt = X K_pᵀ σ(K_p p + b_p)``; ``H = Σ σ̃(K_p * p + b_p) + Σ σ̃(K_q * q + b_q)``.
+
+    Separable, so every splitting rule applies (``symplectic_euler`` gives TAC's H2 layer on images).
+
+    Args:
+        dim: channels C (even).
+        n_layers: number of layers N.
+        width: channels m of ``K_p p`` and ``K_q q`` (default C/2).
+        kernel_size, dilation, padding: the convolutions (see :class:`ConvH1Field`).
+        X: ``None`` (identity) or a fixed (C/2, C/2) channel mixing.
+        activation, weights: see :class:`Field`.
+        init: ``"default"`` (K ~ N(0, 1/((C/2) k²)), b = 0) or ``"normal"`` (N(0, 1)).
+
+    Parameters: ``Kp``, ``Kq`` (nodes, m, C/2, k, k), ``bp``, ``bq`` (nodes, m).
+    """
+
+    default_integrator: ClassVar[str] = "symplectic_euler"
+
+    def __init__(
+        self,
+        dim: int,
+        n_layers: int,
+        width: int | None = None,
+        kernel_size: int = 3,
+        dilation: int = 1,
+        padding: Padding = "zeros",
+        X: Tensor | None = None,
+        activation: str | Activation = "tanh",
+        weights: str = "piecewise",
+        init: str = "default",
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if isinstance(dim, int) and not isinstance(dim, bool) and dim % 2:
+            raise ValueError(f"ConvH2Field splits the channels into p and q and needs an even dim, got dim={dim}")
+        super().__init__(dim, n_layers, activation, weights)
+        self.conv = Convolution(kernel_size, dilation, padding)
+        factory = {"dtype": dtype, "device": device}
+        half = dim // 2
+        self.half = half
+        m = half if width is None else check_int("width", width, 1)
+        self.width = m
+        k = self.conv.kernel_size
+        for name in ("p", "q"):
+            self._stacked(f"K{name}", (m, half, k, k), half * k * k, init, factory)
+            self._stacked(f"b{name}", (m,), None, init, factory)
+        if X is None:
+            X = torch.eye(half, **factory)
+        elif not isinstance(X, Tensor) or X.shape != (half, half):
+            raise ValueError(
+                f"X must be None (identity) or a fixed ({half}, {half}) tensor (a learnable X is not offered for "
+                f"ConvH2), got {getattr(X, 'shape', X)!r}"
+            )
+        self.register_buffer("X_matrix", X.detach().clone().to(**{k: v for k, v in factory.items() if v}))
+
+    # channels first: p and q are halves of axis -3
+    def split(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return y[..., : self.half, :, :], y[..., self.half :, :, :]
+
+    def join(self, p: Tensor, q: Tensor) -> Tensor:
+        return torch.cat([p, q], dim=-3)
+
+    @property
+    def X(self) -> Tensor:
+        """The channel mixing X (C/2, C/2)."""
+        return self.X_matrix
+
+    def weight_table(self) -> dict[str, Tensor]:
+        table = super().weight_table()
+        table["X"] = self.X_matrix
+        return table
+
+    def _half(self, K: Tensor, b: Tensor, x: Tensor) -> Tensor:
+        return self.conv.adjoint(self.activation.sigma(self.conv.apply(x, K) + self._bias(b)), K)
+
+    def _dp(self, w: dict[str, Tensor], q: Tensor) -> Tensor:
+        return -channel_mix(w["X"].mT, self._half(w["Kq"], w["bq"], q))
+
+    def _dq(self, w: dict[str, Tensor], p: Tensor) -> Tensor:
+        return channel_mix(w["X"], self._half(w["Kp"], w["bp"], p))
+
+    def _energy(self, w: dict[str, Tensor], y: Tensor) -> Tensor:
+        p, q = self.split(y)
+        sig, conv = self.activation.antiderivative, self.conv.apply
+        hp = sig(conv(p, w["Kp"]) + self._bias(w["bp"])).sum((-3, -2, -1))
+        return hp + sig(conv(q, w["Kq"]) + self._bias(w["bq"])).sum((-3, -2, -1))
+
+    def _structure(self, w: dict[str, Tensor]) -> Tensor:
+        X = w["X"]
+        zero = torch.zeros_like(X)
+        return torch.cat([torch.cat([zero, -X.mT], 1), torch.cat([X, zero], 1)], 0)
+
+    def _lipschitz(self, w: dict[str, Tensor]) -> dict[str, Tensor]:
+        S, X = self.activation.slope_bound, torch.linalg.matrix_norm(w["X"], 2)
+        dp = S * X * self.conv.operator_norm_bound(w["Kq"]) ** 2
+        dq = S * X * self.conv.operator_norm_bound(w["Kp"]) ** 2
+        return {"dp": dp, "dq": dq, "full": torch.maximum(dp, dq)}
+
+    # fused engine
+    def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
+        X = table["X"]
+        return {key: table[key] for key in ("Kp", "bp", "Kq", "bq")} | {"X": X, "Xt": X.mT}
+
+    def _half_eval(self, K, b, M, sign, x, alpha, base):
+        s = self.activation.sigma_(self.conv.apply(x, K).add_(self._bias(b)))
+        return _scaled(channel_mix(M, self.conv.adjoint(s, K)), sign * alpha, base), s
+
+    def _half_vjp(self, K, Mt, sign, x, s, c, alpha, base):
+        cm = channel_mix(Mt, c)  # the cotangent behind the channel mixing (unsigned)
+        gz = self.activation.backprop_through_output(self.conv.apply(cm, K), s)
+        return _scaled(self.conv.adjoint(gz, K), sign * alpha, base), (s, cm, gz, x)
+
+    def fused_dp(self, w, q, alpha=1.0, base=None):  # -Xᵀ K_qᵀ σ(K_q q + b_q)
+        return self._half_eval(w["Kq"], w["bq"], w["Xt"], -1.0, q, alpha, base)
+
+    def fused_dp_vjp(self, w, q, s, c, alpha=1.0, base=None):
+        return self._half_vjp(w["Kq"], w["X"], -1.0, q, s, c, alpha, base)
+
+    def fused_dq(self, w, p, alpha=1.0, base=None):  # X K_pᵀ σ(K_p p + b_p)
+        return self._half_eval(w["Kp"], w["bp"], w["X"], 1.0, p, alpha, base)
+
+    def fused_dq_vjp(self, w, p, s, c, alpha=1.0, base=None):
+        return self._half_vjp(w["Kp"], w["Xt"], 1.0, p, s, c, alpha, base)
+
+    def fused_group_grads(self, name, fw, table, factors, a):
+        if name == "dp":
+            return _conv_group_grads(self.conv, fw["Kq"], factors, a, "Kq", "bq", sign=-1.0)
+        return _conv_group_grads(self.conv, fw["Kp"], factors, a, "Kp", "bp", sign=1.0)
+
+
+def _scaled(out: Tensor, alpha: float, base: Tensor | None) -> Tensor:
+    if base is None:
+        return out if alpha == 1.0 else out.mul_(alpha)
+    return torch.add(base, out, alpha=alpha)
+
+
+def _conv_group_grads(conv: Convolution, K: Tensor, factors, a, k_key: str, b_key: str, sign: float) -> dict:
+    """Gradients of ``K``, ``b`` for ``f = sign M Kᵀ σ(K x + b)`` from factors ``(s, c_M, gz, x)`` stacked over
+    nodes: ``∂/∂K = sign a (∂<c_M, Kᵀ s>/∂K + ∂<gz, K x>/∂K)``, ``∂/∂b = sign a Σ gz``."""
+    S, CM, GZ, V = factors
+    nodes = S.shape[0]
+    scale = [float(a) if isinstance(a, float) else float(a[i].reshape(())) for i in range(nodes)]
+    shape = K.shape[1:]
+    dK = torch.stack(
+        [
+            (conv.weight_grad(CM[i], S[i], shape) + conv.weight_grad(V[i], GZ[i], shape)) * (sign * scale[i])
+            for i in range(nodes)
+        ]
+    )
+    db = torch.stack([GZ[i].sum((0, 2, 3)) * (sign * scale[i]) for i in range(nodes)])
+    return {k_key: dK, b_key: db}
