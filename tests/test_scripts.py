@@ -177,3 +177,17 @@ def test_new_script_arguments_are_checked(capsys):
     with pytest.raises(SystemExit):
         load("bench_cli_startup").main(["--repeats", "0"])
     assert "--repeats must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_bench_conv_writes_its_table(tmp_path, capsys):
+    load("bench_conv").main(
+        ["--out", str(tmp_path), "--depths", "2", "4", "--batch", "2", "--size", "6", "--repeats", "1"]
+    )
+    rows = read_csv(tmp_path / "bench_conv.csv")[1:]
+    assert len(rows) == 8 and {r[1] for r in rows} == {"fused", "reference"}
+    saved = {(r[0], r[1], r[2]): float(r[4]) for r in rows}
+    assert saved[("4", "fused", "reversible")] == saved[("2", "fused", "reversible")]  # flat in depth
+    assert saved[("4", "fused", "backprop")] > saved[("2", "fused", "backprop")]
+    assert "$ python scripts/bench_conv.py" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        load("bench_conv").main(["--depths", "0"])
