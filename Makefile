@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hamode-installed
 
-.PHONY: install data train test test-slow lint clean
+.PHONY: install data train test test-slow lint docs clean
 
 CONFIG ?= configs/mnist_h2.yaml
 
@@ -31,9 +31,13 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
+# `make docs`: the documentation site, built into site/ with --strict (a warning fails); the tutorials run.
+docs: data
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

@@ -73,9 +73,11 @@ def build_net(
 class Toy2DClassifier(nn.Module):
     """2-D points -> zero-padded state of size ``dim`` -> H-DNN -> linear head.
 
+    The net's arguments (``architecture``, ``n_layers``, ``t_end``, ``h``, ``integrator``, ``substeps``,
+    ``gradient``, ``activation``, ``width``, ``weights``, ``init``, ``solver_options``) are those of
+    :func:`build_net`.
+
     Args:
-        architecture, n_layers, t_end, h, integrator, substeps, gradient, activation, width, weights, init,
-            solver_options: see :func:`build_net`.
         dim: state size n (>= 2; the papers use 4).
         positions: where the two input features go in the state (default: the first two).
         head: ``"logit"`` (one output, logistic loss: the papers) or ``"softmax"`` (two outputs).
@@ -223,7 +225,13 @@ class HamiltonianCNN(nn.Module):
         layers: Hamiltonian layers of each stage (same length as ``channels``).
         architecture: the stages' image field.
         h: the layer step of every stage (``t_end = h * layers``).
-        integrator, substeps, gradient, activation, weights, init, solver_options: see :func:`build_net`.
+        integrator: the stages' integrator (None: the architecture's default).
+        substeps: integrator steps per layer.
+        gradient: ``"backprop"`` or ``"reversible"`` (see :class:`hamode.HamiltonianNet`).
+        activation: the fields' activation.
+        weights: ``"piecewise"``, ``"constant"`` or ``"linear"``.
+        init: ``"default"`` or ``"normal"``.
+        solver_options: options of a torchdiffeq solve.
         width: hidden channels of the fields' convolutions (None: the field's default).
         kernel_size: the fields' convolution kernel.
         transition: ``"conv"`` or ``"pool"``.

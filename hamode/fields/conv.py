@@ -125,10 +125,12 @@ class ConvH1Field(ConvField):
         dim: channels C.
         n_layers: number of layers N.
         width: channels m of ``K y`` (default C).
-        kernel_size, dilation, padding: the convolution (odd kernel, size-preserving; ``"zeros"`` or
-            ``"circular"`` padding).
+        kernel_size: the convolution's kernel (odd: the convolution is size-preserving).
+        dilation: the convolution's dilation.
+        padding: ``"zeros"`` or ``"circular"``.
         J: ``"J1"`` (even C), ``"J2"`` or a (C, C) skew-symmetric tensor.
-        activation, weights: see :class:`Field`.
+        activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see :class:`Field`).
+        weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see :class:`Field`).
         init: ``"default"`` (K ~ N(0, 1/(C k²)), b = 0) or ``"normal"`` (N(0, 1)).
 
     Parameters: ``K`` (nodes, m, C, k, k), ``b`` (nodes, m).
@@ -219,9 +221,12 @@ class ConvH2Field(SeparableMixin, ConvField):
         dim: channels C (even).
         n_layers: number of layers N.
         width: channels m of ``K_p p`` and ``K_q q`` (default C/2).
-        kernel_size, dilation, padding: the convolutions (see :class:`ConvH1Field`).
+        kernel_size: the convolutions' kernel (odd).
+        dilation: the convolutions' dilation.
+        padding: ``"zeros"`` or ``"circular"``.
         X: ``None`` (identity) or a fixed (C/2, C/2) channel mixing.
-        activation, weights: see :class:`Field`.
+        activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see :class:`Field`).
+        weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see :class:`Field`).
         init: ``"default"`` (K ~ N(0, 1/((C/2) k²)), b = 0) or ``"normal"`` (N(0, 1)).
 
     Parameters: ``Kp``, ``Kq`` (nodes, m, C/2, k, k), ``bp``, ``bq`` (nodes, m).
