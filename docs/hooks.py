@@ -119,7 +119,20 @@ def _architectures_table() -> str:
     return "\n".join(rows)
 
 
+def _readme_results() -> str:
+    """The README's results (between its ``[start:results]`` and ``[end:results]`` markers), images relinked."""
+    text = (ROOT / "README.md").read_text()
+    start, end = "<!-- --8<-- [start:results] -->", "<!-- --8<-- [end:results] -->"
+    if start not in text or end not in text:
+        raise ValueError("README.md lacks its results markers")
+    section = text[text.index(start) + len(start) : text.index(end)]
+    section = section.replace("](docs/", "](")  # the README's images live in docs/, beside this page
+    return section
+
+
 def on_page_markdown(markdown: str, **kwargs) -> str:
+    if "<!-- hamode:readme-results -->" in markdown:
+        markdown = markdown.replace("<!-- hamode:readme-results -->", _readme_results())
     if "<!-- hamode:integrators -->" in markdown:
         markdown = markdown.replace("<!-- hamode:integrators -->", _integrators_table())
     if "<!-- hamode:architectures -->" in markdown:
