@@ -247,3 +247,22 @@ def test_hamiltonian_cnn_shapes_gradient_modes_and_refusals():
         HamiltonianCNN(architecture="H2")
     with pytest.raises(ValueError, match="transition must be 'conv' or 'pool', got 'stride'"):
         HamiltonianCNN(transition="stride")
+
+
+def test_conv_h2_with_a_fixed_channel_mixing_x():
+    torch.manual_seed(2)
+    X = torch.randn(2, 2, dtype=F64)
+    field = hamode.ConvH2Field(4, 3, X=X, dtype=F64)
+    assert torch.equal(field.X, X) and "X_matrix" in dict(field.named_buffers())
+    assert "X_matrix" not in dict(conv_field("ConvH2", 3).named_buffers())  # identity: nothing to mix, no buffer
+    y0 = torch.randn(2, 4, 5, 4, dtype=F64, requires_grad=True)
+    layer = field.layer(0)
+    (g,) = torch.autograd.grad(layer.hamiltonian(0.0, y0).sum(), y0)
+    assert torch.allclose(layer(0.0, y0), torch.einsum("cd,bdhw->bchw", layer.structure(0.0), g), atol=1e-12)
+    results = []
+    for fast in (True, False):
+        net = hamode.HamiltonianNet(field, 0.6, "leapfrog", fast=fast)
+        out = net(y0)
+        results.append([out, *torch.autograd.grad(out.sin().sum(), [y0, *field.parameters()])])
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11)

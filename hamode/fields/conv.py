@@ -262,14 +262,15 @@ class ConvH2Field(SeparableMixin, ConvField):
         for name in ("p", "q"):
             self._stacked(f"K{name}", (m, half, k, k), half * k * k, init, factory)
             self._stacked(f"b{name}", (m,), None, init, factory)
-        if X is None:
-            X = torch.eye(half, **factory)
-        elif not isinstance(X, Tensor) or X.shape != (half, half):
-            raise ValueError(
-                f"X must be None (identity) or a fixed ({half}, {half}) tensor (a learnable X is not offered for "
-                f"ConvH2), got {getattr(X, 'shape', X)!r}"
-            )
-        self.register_buffer("X_matrix", X.detach().clone().to(**{k: v for k, v in factory.items() if v}))
+        # identity X is structural (no buffer that could be changed behind the field's back): no mixing is computed
+        self.mixing = X is not None
+        if X is not None:
+            if not isinstance(X, Tensor) or X.shape != (half, half):
+                raise ValueError(
+                    f"X must be None (identity) or a fixed ({half}, {half}) tensor (a learnable X is not offered for "
+                    f"ConvH2), got {getattr(X, 'shape', X)!r}"
+                )
+            self.register_buffer("X_matrix", X.detach().clone().to(**{k: v for k, v in factory.items() if v}))
 
     # channels first: p and q are halves of axis -3
     def split(self, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -280,22 +281,27 @@ class ConvH2Field(SeparableMixin, ConvField):
 
     @property
     def X(self) -> Tensor:
-        """The channel mixing X (C/2, C/2)."""
-        return self.X_matrix
+        """The channel mixing X (C/2, C/2): the identity unless a fixed X was given."""
+        if self.mixing:
+            return self.X_matrix
+        return torch.eye(self.half, dtype=self.Kp.dtype, device=self.Kp.device)
 
     def weight_table(self) -> dict[str, Tensor]:
         table = super().weight_table()
-        table["X"] = self.X_matrix
+        table["X"] = self.X
         return table
+
+    def _mix(self, M: Tensor, z: Tensor) -> Tensor:
+        return channel_mix(M, z) if self.mixing else z
 
     def _half(self, K: Tensor, b: Tensor, x: Tensor) -> Tensor:
         return self.conv.adjoint(self.activation.sigma(self.conv.apply(x, K) + self._bias(b)), K)
 
     def _dp(self, w: dict[str, Tensor], q: Tensor) -> Tensor:
-        return -channel_mix(w["X"].mT, self._half(w["Kq"], w["bq"], q))
+        return -self._mix(w["X"].mT, self._half(w["Kq"], w["bq"], q))
 
     def _dq(self, w: dict[str, Tensor], p: Tensor) -> Tensor:
-        return channel_mix(w["X"], self._half(w["Kp"], w["bp"], p))
+        return self._mix(w["X"], self._half(w["Kp"], w["bp"], p))
 
     def _energy(self, w: dict[str, Tensor], y: Tensor) -> Tensor:
         p, q = self.split(y)
@@ -321,10 +327,10 @@ class ConvH2Field(SeparableMixin, ConvField):
 
     def _half_eval(self, K, b, M, sign, x, alpha, base):
         s = self.activation.sigma_(self.conv.apply(x, K).add_(self._bias(b)))
-        return _scaled(channel_mix(M, self.conv.adjoint(s, K)), sign * alpha, base), s
+        return _scaled(self._mix(M, self.conv.adjoint(s, K)), sign * alpha, base), s
 
     def _half_vjp(self, K, Mt, sign, x, s, c, alpha, base):
-        cm = channel_mix(Mt, c)  # the cotangent behind the channel mixing (unsigned)
+        cm = self._mix(Mt, c)  # the cotangent behind the channel mixing (unsigned)
         gz = self.activation.backprop_through_output(self.conv.apply(cm, K), s)
         return _scaled(self.conv.adjoint(gz, K), sign * alpha, base), (s, cm, gz, x)
 
