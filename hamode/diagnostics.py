@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 from .net import HamiltonianNet
+from .validation import check_int
 
 __all__ = [
     "SavedBytes",
@@ -115,6 +117,9 @@ def sensitivity_norm_estimate(
     N = net.n_layers
     if not 0 <= int(layer) <= N:
         raise ValueError(f"layer must lie in [0, {N}], got {layer}")
+    check_int("max_iter", max_iter, 1)
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
+        raise ValueError(f"rtol must be a number in (0, 1), got {rtol!r}")
     if net.integrator is not None and net.integrator.implicit:
         raise ValueError(
             f"sensitivity_norm_estimate needs JVPs (second derivatives of the flow), which {net.integrator_name} "
@@ -142,7 +147,7 @@ def sensitivity_norm_estimate(
 
         shape = e.shape
         batch = shape[: e.dim() - rank]
-        n = int(torch.tensor(shape[e.dim() - rank :]).prod())
+        n = math.prod(shape[e.dim() - rank :])
         gen = torch.Generator(device="cpu").manual_seed(seed)
         q = torch.randn(shape, generator=gen, dtype=e.dtype).to(e.device).reshape(-1, n)
         q = q / q.norm(dim=1, keepdim=True)
@@ -177,7 +182,6 @@ def sensitivity_norm_estimate(
             if previous is not None and bool(((extremes - previous).abs() <= rtol * extremes.abs()).all()):
                 break
             previous = extremes
-    extremes = _ritz_extremes(alphas, betas, sizes)
     return {
         "norm": extremes[:, 1].clamp_min(0).sqrt().reshape(batch),
         "sigma_min": extremes[:, 0].clamp_min(0).sqrt().reshape(batch),

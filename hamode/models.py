@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .architectures import make_field
+from .architectures import architecture_info, list_architectures, make_field
 from .net import HamiltonianNet
 from .validation import check_int
 
@@ -42,24 +42,32 @@ def build_net(
     init: str = "default",
     solver_options: dict[str, Any] | None = None,
     images: bool = False,
+    field_options: dict[str, Any] | None = None,
 ) -> HamiltonianNet:
     """A :class:`HamiltonianNet` from plain hyper-parameters (what configs and checkpoints store).
 
     ``images``: whether the caller feeds image states ``(B, C, H, W)``; an image architecture (ConvH1, ConvH2) is
-    refused otherwise, and a dense one when it is set."""
-    field = make_field(
-        architecture, dim=dim, n_layers=n_layers, width=width, activation=activation, weights=weights, init=init
-    )
-    if (field.state_rank == 3) != images:
-        from .architectures import architecture_info, list_architectures
-
-        kind = "image" if images else "dense"
+    refused otherwise, and a dense one when it is set. ``field_options``: further arguments of the field class
+    (``kernel_size``, ...)."""
+    image_field = architecture_info(architecture).field_class.state_rank == 3
+    if image_field != images:
+        kind = "an image" if images else "a dense"
         allowed = [a for a in list_architectures() if (architecture_info(a).field_class.state_rank == 3) == images]
-        states = "image states (B, C, H, W)" if field.state_rank == 3 else "(..., dim) states"
+        states = "image states (B, C, H, W)" if image_field else "(..., dim) states"
         raise ValueError(
-            f"architecture {architecture!r} acts on {states}, but this model needs a {kind} field: choose one of "
+            f"architecture {architecture!r} acts on {states}, but this model needs {kind} field: choose one of "
             f"{', '.join(allowed)}"
         )
+    field = make_field(
+        architecture,
+        dim=dim,
+        n_layers=n_layers,
+        width=width,
+        activation=activation,
+        weights=weights,
+        init=init,
+        **(field_options or {}),
+    )
     return HamiltonianNet(
         field,
         resolve_t_end(n_layers, t_end, h),
@@ -269,27 +277,26 @@ class HamiltonianCNN(nn.Module):
         if transition not in ("conv", "pool"):
             raise ValueError(f"transition must be 'conv' or 'pool', got {transition!r}")
         self.stem = nn.Conv2d(check_int("in_channels", in_channels, 1), channels[0], 3, padding=1)
-        self.stages = nn.ModuleList()
-        from .architectures import architecture_info
-
-        if architecture_info(architecture).field_class.state_rank != 3:
-            raise ValueError(f"architecture {architecture!r} is not an image field; use ConvH1_J1, ConvH1_J2 or ConvH2")
-        for c, n in zip(channels, layers):
-            field = make_field(
+        self.stages = nn.ModuleList(
+            build_net(
                 architecture,
-                dim=c,
-                n_layers=n,
-                width=width,
-                activation=activation,
-                weights=weights,
-                init=init,
-                kernel_size=kernel_size,
+                c,
+                n,
+                None,
+                h,
+                integrator,
+                substeps,
+                gradient,
+                activation,
+                width,
+                weights,
+                init,
+                solver_options,
+                images=True,
+                field_options={"kernel_size": kernel_size},
             )
-            self.stages.append(
-                HamiltonianNet(
-                    field, resolve_t_end(n, None, h), integrator, substeps, gradient, solver_options=solver_options
-                )
-            )
+            for c, n in zip(channels, layers)
+        )
         self.transitions = nn.ModuleList()
         for c_in, c_out in itertools.pairwise(channels):
             if transition == "conv":

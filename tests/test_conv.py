@@ -179,6 +179,10 @@ def test_implicit_rules_solve_image_states_matrix_free():
 def test_bad_arguments_and_states_are_refused():
     with pytest.raises(ValueError, match="kernel_size must be odd"):
         hamode.make_field("ConvH2", dim=4, n_layers=2, kernel_size=4)
+    with pytest.raises(ValueError, match="dilation must be >= 1, got 0"):
+        hamode.make_field("ConvH1_J1", dim=4, n_layers=2, dilation=0)
+    with pytest.raises(ValueError, match="J must be 'J1', 'J2' or a skew-symmetric"):
+        hamode.ConvH1Field(4, 2, J="J3")
     with pytest.raises(ValueError, match="padding must be 'zeros' or 'circular', got 'reflect'"):
         hamode.make_field("ConvH1_J1", dim=4, n_layers=2, padding="reflect")
     with pytest.raises(ValueError, match="needs an even dim, got dim=3"):
@@ -216,6 +220,10 @@ def test_matrix_free_norm_estimate_matches_the_exact_bsm(arch, name):
     assert float(exact["norm"][0].max()) > 1.2  # a nontrivial map
     with pytest.raises(ValueError, match="layer must lie in"):
         sensitivity_norm_estimate(net, y0, layer=9)
+    with pytest.raises(ValueError, match="max_iter must be >= 1, got 0"):
+        sensitivity_norm_estimate(net, y0, max_iter=0)
+    with pytest.raises(ValueError, match=r"rtol must be a number in \(0, 1\), got -1"):
+        sensitivity_norm_estimate(net, y0, rtol=-1)
     implicit = hamode.HamiltonianNet(field, 1.6, hamode.ImplicitMidpoint(solver="fixed_point"))
     with pytest.raises(ValueError, match=r"needs JVPs .* implicit_midpoint"):
         sensitivity_norm_estimate(implicit, y0)
@@ -243,8 +251,15 @@ def test_hamiltonian_cnn_shapes_gradient_modes_and_refusals():
     assert pooled.features(torch.randn(2, 3, 16, 12)).shape == (2, 8, 4, 3)
     with pytest.raises(ValueError, match="channels and layers must name the same stages"):
         HamiltonianCNN(channels=(4, 8), layers=(2,))
-    with pytest.raises(ValueError, match="'H2' is not an image field"):
+    with pytest.raises(
+        ValueError,
+        match=r"'H2' acts on \(\.\.\., dim\) states, .* needs an image field: choose one of "
+        "ConvH1_J1, ConvH1_J2, ConvH2",
+    ):
         HamiltonianCNN(architecture="H2")
+    for bad in ({"in_channels": 0}, {"n_classes": 0}, {"channels": (4, 0), "layers": (1, 1)}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be"):
+            HamiltonianCNN(**bad)
     with pytest.raises(ValueError, match="transition must be 'conv' or 'pool', got 'stride'"):
         HamiltonianCNN(transition="stride")
 

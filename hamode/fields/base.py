@@ -256,7 +256,14 @@ def mm_out(a: Tensor, B: Tensor, alpha: float, base: Tensor | None) -> Tensor:
     ``mm`` then ``add``: for the small matrices of an H-DNN layer this is faster than ``addmm``,
     which copies ``base`` into its output before the product.
     """
-    out = torch.mm(a, B)
+    out = torch.mm(a, B)  # scaled_ written out: this sits in the dense fields' innermost loop
+    if base is None:
+        return out if alpha == 1.0 else out.mul_(alpha)
+    return torch.add(base, out, alpha=alpha)
+
+
+def scaled_(out: Tensor, alpha: float, base: Tensor | None) -> Tensor:
+    """``base + alpha out`` (``alpha out`` without a base, scaling the fresh tensor ``out`` in place)."""
     if base is None:
         return out if alpha == 1.0 else out.mul_(alpha)
     return torch.add(base, out, alpha=alpha)

@@ -23,8 +23,8 @@ from torch.nn.grad import conv2d_weight
 from ..activations import Activation
 from ..architectures import register_architecture
 from ..validation import check_int
-from .base import Field, SeparableMixin
-from .structure import check_skew, j1, j2
+from .base import Field, SeparableMixin, scaled_
+from .structure import fixed_structure
 
 __all__ = ["ConvField", "ConvH1Field", "ConvH2Field", "Convolution"]
 
@@ -161,13 +161,7 @@ class ConvH1Field(ConvField):
         k = self.conv.kernel_size
         self._stacked("K", (m, dim, k, k), dim * k * k, init, factory)
         self._stacked("b", (m,), None, init, factory)
-        if isinstance(J, str):
-            if J not in ("J1", "J2"):
-                raise ValueError(f"J must be 'J1', 'J2' or a skew-symmetric ({dim}, {dim}) tensor; got {J!r}")
-            self.register_buffer("J_matrix", (j1 if J == "J1" else j2)(dim, **factory))
-        else:
-            check_skew(J, dim)
-            self.register_buffer("J_matrix", J.detach().clone().to(**{k: v for k, v in factory.items() if v}))
+        self.register_buffer("J_matrix", fixed_structure(J, dim, **factory))
 
     def weight_table(self) -> dict[str, Tensor]:
         table = super().weight_table()
@@ -198,13 +192,13 @@ class ConvH1Field(ConvField):
         K = w["K"]
         s = self.activation.sigma_(self.conv.apply(y, K).add_(self._bias(w["b"])))
         out = channel_mix(w["J"], self.conv.adjoint(s, K))
-        return _scaled(out, alpha, base), s
+        return scaled_(out, alpha, base), s
 
     def fused_f_vjp(self, w, y, s, c, alpha=1.0, base=None):
         K = w["K"]
         cj = channel_mix(w["Jt"], c)
         gz = self.activation.backprop_through_output(self.conv.apply(cj, K), s)
-        return _scaled(self.conv.adjoint(gz, K), alpha, base), (s, cj, gz, y)
+        return scaled_(self.conv.adjoint(gz, K), alpha, base), (s, cj, gz, y)
 
     def fused_group_grads(self, name, fw, table, factors, a):
         return _conv_group_grads(self.conv, fw["K"], factors, a, "K", "b", sign=1.0)
@@ -327,12 +321,12 @@ class ConvH2Field(SeparableMixin, ConvField):
 
     def _half_eval(self, K, b, M, sign, x, alpha, base):
         s = self.activation.sigma_(self.conv.apply(x, K).add_(self._bias(b)))
-        return _scaled(self._mix(M, self.conv.adjoint(s, K)), sign * alpha, base), s
+        return scaled_(self._mix(M, self.conv.adjoint(s, K)), sign * alpha, base), s
 
     def _half_vjp(self, K, Mt, sign, x, s, c, alpha, base):
         cm = self._mix(Mt, c)  # the cotangent behind the channel mixing (unsigned)
         gz = self.activation.backprop_through_output(self.conv.apply(cm, K), s)
-        return _scaled(self.conv.adjoint(gz, K), sign * alpha, base), (s, cm, gz, x)
+        return scaled_(self.conv.adjoint(gz, K), sign * alpha, base), (s, cm, gz, x)
 
     def fused_dp(self, w, q, alpha=1.0, base=None):  # -Xᵀ K_qᵀ σ(K_q q + b_q)
         return self._half_eval(w["Kq"], w["bq"], w["Xt"], -1.0, q, alpha, base)
@@ -350,12 +344,6 @@ class ConvH2Field(SeparableMixin, ConvField):
         if name == "dp":
             return _conv_group_grads(self.conv, fw["Kq"], factors, a, "Kq", "bq", sign=-1.0)
         return _conv_group_grads(self.conv, fw["Kp"], factors, a, "Kp", "bp", sign=1.0)
-
-
-def _scaled(out: Tensor, alpha: float, base: Tensor | None) -> Tensor:
-    if base is None:
-        return out if alpha == 1.0 else out.mul_(alpha)
-    return torch.add(base, out, alpha=alpha)
 
 
 def _conv_group_grads(conv: Convolution, K: Tensor, factors, a, k_key: str, b_key: str, sign: float) -> dict:

@@ -11,7 +11,7 @@ from ..activations import Activation
 from ..architectures import register_architecture
 from ..validation import check_int
 from .base import Field, mm_out, wdot, wsum
-from .structure import check_skew, j1, j2
+from .structure import fixed_structure, j2
 
 __all__ = ["H1Field"]
 
@@ -57,20 +57,11 @@ class H1Field(Field):
         self.width = m
         self._stacked("K", (m, dim), dim, init, factory)
         self._stacked("b", (m,), None, init, factory)
-        self.learnable_J = False
-        if isinstance(J, str):
-            if J == "J1":
-                self.register_buffer("J_matrix", j1(dim, **factory))
-            elif J == "J2":
-                self.register_buffer("J_matrix", j2(dim, **factory))
-            elif J == "learnable":
-                self.learnable_J = True
-                self.A = nn.Parameter(0.5 * j2(dim, **factory))
-            else:
-                raise ValueError(f"J must be 'J1', 'J2', 'learnable' or a skew-symmetric tensor; got {J!r}")
+        self.learnable_J = isinstance(J, str) and J == "learnable"
+        if self.learnable_J:
+            self.A = nn.Parameter(0.5 * j2(dim, **factory))
         else:
-            check_skew(J, dim)
-            self.register_buffer("J_matrix", J.detach().clone().to(**{k: v for k, v in factory.items() if v}))
+            self.register_buffer("J_matrix", fixed_structure(J, dim, **factory, also=("learnable",)))
 
     def weight_table(self) -> dict[str, Tensor]:
         table = super().weight_table()

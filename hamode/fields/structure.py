@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_skew", "j1", "j2"]
+__all__ = ["check_skew", "fixed_structure", "j1", "j2"]
 
 
 def j1(dim: int, dtype=None, device=None) -> Tensor:
@@ -35,3 +35,18 @@ def check_skew(J: Tensor, dim: int, name: str = "J") -> Tensor:
     if err > tol * max(1.0, J.abs().max().item()):
         raise ValueError(f"{name} must be skew-symmetric (J = -Jᵀ); max |J + Jᵀ| = {err:.3g}")
     return J
+
+
+def fixed_structure(J, dim: int, dtype=None, device=None, also: tuple[str, ...] = ()) -> Tensor:
+    """The structure matrix named by ``J``: ``"J1"``, ``"J2"`` or a (dim, dim) skew-symmetric tensor (copied).
+
+    ``also``: further names the caller handles itself, listed in the error for an unknown name."""
+    if isinstance(J, str):
+        if J == "J1":
+            return j1(dim, dtype=dtype, device=device)
+        if J == "J2":
+            return j2(dim, dtype=dtype, device=device)
+        names = ", ".join(repr(n) for n in ("J1", "J2", *also))
+        raise ValueError(f"J must be {names} or a skew-symmetric ({dim}, {dim}) tensor; got {J!r}")
+    check_skew(J, dim)
+    return J.detach().clone().to(**{k: v for k, v in {"dtype": dtype, "device": device}.items() if v})

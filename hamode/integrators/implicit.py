@@ -19,6 +19,7 @@ side and VJPs, Jacobians from one batched VJP, one recorded VJP per stage for th
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import ClassVar, Literal
@@ -179,11 +180,7 @@ class ImplicitRungeKutta(Integrator):
         change = scale = math.nan
         stop = _Stopping(rtol, floor)
         for it in range(1, self.max_iter + 1):
-            if lu is None:
-                delta = -G
-            else:  # (s, *rows, n) <-> (rows, s n)
-                rhs = G.reshape(s, -1, n).permute(1, 0, 2).reshape(-1, s * n, 1)
-                delta = -torch.linalg.lu_solve(*lu, rhs).reshape(-1, s, n).permute(1, 0, 2).reshape(G.shape)
+            delta = -G if lu is None else -_per_row(functools.partial(torch.linalg.lu_solve, *lu), G)
             change = float(delta.abs().max()) if K.numel() else 0.0
             if not math.isfinite(change):
                 break
@@ -276,32 +273,39 @@ class ImplicitRungeKutta(Integrator):
         return hook
 
     def _adjoint_dense(self, g: Tensor, Y: list[Tensor], stages: list[Tensor], dt: float) -> Tensor:
-        s, n = len(self.b), g.shape[-1]
+        n = g.shape[-1]
         jac = []
         for yi, ki in zip(Y, stages):  # ∂f/∂y at each stage point, per row
             with torch.enable_grad():  # the backward runs without grad mode: the row sums need a graph
                 rows = [torch.autograd.grad(ki[..., k].sum(), yi, retain_graph=True)[0] for k in range(n)]
             jac.append(torch.stack(rows, dim=-2).reshape(-1, n, n))
-        M = self._newton_matrix(jac, dt, transpose=True)
-        rhs = g.reshape(s, -1, n).permute(1, 0, 2).reshape(-1, s * n, 1)
-        mu = torch.linalg.solve(M, rhs)
-        return mu.reshape(-1, s, n).permute(1, 0, 2).reshape(g.shape)
+        return self._transposed_solve(jac, g, dt)
+
+    def _transposed_solve(self, jacobians: Sequence[Tensor], kbar: Tensor, dt: float) -> Tensor:
+        """``μ`` with ``(I - dt [a_ij J_i])ᵀ μ = k̄``, one dense solve per state row (``jacobians[i]`` at stage i)."""
+        M = self._newton_matrix(jacobians, dt, transpose=True)
+        return _per_row(lambda rhs: torch.linalg.solve(M, rhs), kbar)
 
     def _adjoint_fixed_point(self, g: Tensor, stages: list[Tensor], K0: Tensor, f) -> Tensor:
-        rtol, floor = self._tolerance(g.dtype)
-        mu, stop = g, _Stopping(rtol, floor)
-        for _ in range(self.max_iter):
+        def transposed_jvp(mu: Tensor) -> Tensor:
             # through the stage values themselves, not the hooked stack (that would call this hook again)
-            (vjp,) = torch.autograd.grad(stages, K0, list(mu), retain_graph=True)
-            new = g + vjp
-            change = float((new - mu).abs().max())
-            scale = float(new.abs().max())
+            return torch.autograd.grad(stages, K0, list(mu), retain_graph=True)[0]
+
+        return self._adjoint_iterate(g, transposed_jvp, getattr(f, "j", "?"))
+
+    def _adjoint_iterate(self, kbar: Tensor, transposed, layer) -> Tensor:
+        """``μ = k̄ + (∂F/∂K)ᵀ μ`` by fixed-point iteration; ``transposed(μ)`` is ``(∂F/∂K)ᵀ μ``."""
+        rtol, floor = self._tolerance(kbar.dtype)
+        mu, change, stop = kbar, math.nan, _Stopping(rtol, floor)
+        for _ in range(self.max_iter):
+            new = kbar + transposed(mu)
+            change, scale = float((new - mu).abs().max()), float(new.abs().max())
             mu = new
             if stop(change, scale):
                 return mu
         raise ImplicitSolveError(
-            f"{self.name}: the adjoint stage equations of layer {getattr(f, 'j', '?')} did not converge in "
-            f"{self.max_iter} fixed-point iterations (last change {change:.3g}); use solver='newton' or a smaller h"
+            f"{self.name}: the adjoint stage equations of layer {layer} did not converge in {self.max_iter} "
+            f"fixed-point iterations (last change {change:.3g}); use solver='newton' or a smaller h"
         )
 
     # ---------------------------------------------------------------- fused engine
@@ -321,28 +325,33 @@ class ImplicitRungeKutta(Integrator):
                 contexts.append(ctx)
             return torch.stack(out)
 
+        k0, ctx0 = ops.f(j, y)
+
         def jacobians(K: Tensor | None) -> list[Tensor]:
-            if K is None:
-                return [self._fused_jacobian(ops, j, y, ops.f(j, y)[1])] * len(self.b)
+            if K is None:  # the weights are constant inside a layer here: the Jacobian at y is the midpoint's
+                return [self._fused_jacobian(ops, j, y, ctx0)] * len(self.b)
             return [self._fused_jacobian(ops, j, yi, ctx) for yi, ctx in zip(self._stage_inputs(y, K, dt), contexts)]
 
         solver = self.solver_for(ops.field)
-        K = self._iterate(evaluate, jacobians, y, ops.f(j, y)[0], dt, ops.stats, f"layer {j} (dt = {dt:g})", solver)
+        K = self._iterate(evaluate, jacobians, y, k0, dt, ops.stats, f"layer {j} (dt = {dt:g})", solver)
         Y = self._stage_inputs(y, K, dt)
         tape = tuple(item for pair in zip(Y, contexts) for item in pair)
         return y + dt * _weighted(self.b, K), tape
 
     def fused_vjp(self, ops, j, tape, g, dt):
-        s, n = len(self.b), g.shape[-1]
         Y, contexts = tape[0::2], tape[1::2]
         kbar = torch.stack([(dt * bi) * g for bi in self.b])
         if self.solver_for(ops.field) == "newton":
             jac = [self._fused_jacobian(ops, j, yi, ctx) for yi, ctx in zip(Y, contexts)]
-            M = self._newton_matrix(jac, dt, transpose=True)
-            rhs = kbar.reshape(s, -1, n).permute(1, 0, 2).reshape(-1, s * n, 1)
-            mu = torch.linalg.solve(M, rhs).reshape(-1, s, n).permute(1, 0, 2).reshape(kbar.shape)
+            mu = self._transposed_solve(jac, kbar, dt)
         else:
-            mu = self._fused_adjoint_fixed_point(ops, j, Y, contexts, kbar, dt)
+            s = len(self.b)
+
+            def transposed(mu: Tensor) -> Tensor:  # Σ_i dt a_im (∂f/∂y at stage i)ᵀ μ_i, for each stage m
+                vj = torch.stack([ops.state_vjp(j, yi, ctx, mi) for yi, ctx, mi in zip(Y, contexts, mu)])
+                return torch.stack([dt * _weighted([self.a[i][m] for i in range(s)], vj) for m in range(s)])
+
+            mu = self._adjoint_iterate(kbar, transposed, j)
         out = g
         for yi, ctx, mi in zip(Y, contexts, mu):  # the recorded VJPs: the parameter factors of the step
             out = ops.f_vjp(j, yi, ctx, mi, 1.0, out)
@@ -358,24 +367,6 @@ class ImplicitRungeKutta(Integrator):
         units = torch.eye(n, dtype=y.dtype, device=y.device).repeat_interleave(rows, dim=0)
         vjp = ops.state_vjp(j, y.repeat(n, 1), _repeat_rows(ctx, n), units)
         return vjp.reshape(n, rows, n).transpose(0, 1)
-
-    def _fused_adjoint_fixed_point(self, ops, j, Y, contexts, kbar: Tensor, dt: float) -> Tensor:
-        rtol, floor = self._tolerance(kbar.dtype)
-        mu, change, stop = kbar, math.nan, _Stopping(rtol, floor)
-        s = len(self.b)
-        for _ in range(self.max_iter):
-            vj = [ops.state_vjp(j, yi, ctx, mi) for yi, ctx, mi in zip(Y, contexts, mu)]  # (∂f/∂y)ᵀ μ_i at stage i
-            new = torch.stack(
-                [kbar[m] + dt * _weighted([self.a[i][m] for i in range(s)], torch.stack(vj)) for m in range(s)]
-            )
-            change, scale = float((new - mu).abs().max()), float(new.abs().max())
-            mu = new
-            if stop(change, scale):
-                return mu
-        raise ImplicitSolveError(
-            f"{self.name}: the adjoint stage equations of layer {j} did not converge in {self.max_iter} fixed-point "
-            f"iterations (last change {change:.3g}); use solver='newton' or a smaller h"
-        )
 
     # ---------------------------------------------------------------- inverse and bounds
     def inverse_step(self, f, t, y_next: Tensor, dt: float, stats: dict | None = None) -> Tensor:
@@ -422,6 +413,13 @@ class _Stopping:
         else:
             self.since_best += 1
         return self.since_best >= STALL_ITERATIONS and self.best <= self.floor * scale
+
+
+def _per_row(solve, G: Tensor) -> Tensor:
+    """``solve`` applied to each state row's stacked stage vector: ``(s, *rows, n)`` <-> ``(rows, s n, 1)``."""
+    s, n = G.shape[0], G.shape[-1]
+    rhs = G.reshape(s, -1, n).permute(1, 0, 2).reshape(-1, s * n, 1)
+    return solve(rhs).reshape(-1, s, n).permute(1, 0, 2).reshape(G.shape)
 
 
 def _repeat_rows(ctx, n: int):
