@@ -37,7 +37,7 @@ from .integrators import (
 from .net import GRADIENT_MODES, HamiltonianNet, Solution
 from .regularization import smoothness_penalty
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "GRADIENT_MODES",

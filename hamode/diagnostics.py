@@ -15,6 +15,7 @@ __all__ = [
     "SavedBytes",
     "backward_sensitivity",
     "energy_drift",
+    "layer_sensitivity",
     "sensitivity_norm_estimate",
     "sensitivity_norms",
     "sensitivity_upper_bound",
@@ -187,6 +188,47 @@ def sensitivity_norm_estimate(
         "sigma_min": extremes[:, 0].clamp_min(0).sqrt().reshape(batch),
         "iterations": iterations,
     }
+
+
+def layer_sensitivity(
+    net: HamiltonianNet,
+    y0: Tensor,
+    layers: Sequence[int] | None = None,
+    exact_limit: int = 64,
+    max_iter: int = 30,
+    rtol: float = 1e-6,
+) -> dict[str, Tensor | str]:
+    """``‖∂y_N/∂y_j‖₂`` and ``σ_min(∂y_N/∂y_j)`` per layer boundary, for any state: exact (the BSM of
+    :func:`backward_sensitivity`, one reverse pass per coordinate) when a state has at most ``exact_limit``
+    coordinates, else the matrix-free :func:`sensitivity_norm_estimate` (Lanczos; its norm is a lower estimate that
+    converges from below, its ``σ_min`` an upper estimate that converges from above).
+
+    Args:
+        net: the network.
+        y0: its input states.
+        layers: boundaries j in ``[0, N]`` (default all ``N + 1``).
+        exact_limit: the largest state (coordinates of one state) for the exact BSM.
+        max_iter: Lanczos iterations per boundary for larger states.
+        rtol: Lanczos stopping tolerance.
+
+    Returns:
+        ``{"layers": (L,), "norm": (L, *batch), "sigma_min": (L, *batch), "method": "exact" | "lanczos"}``.
+    """
+    N = net.n_layers
+    wanted = list(range(N + 1)) if layers is None else [int(j) for j in layers]
+    check_int("exact_limit", exact_limit, 1)
+    rank = net.field.state_rank
+    size = math.prod(y0.shape[y0.dim() - rank :])
+    if size <= exact_limit:
+        S = backward_sensitivity(net, y0, wanted)
+        sv = torch.linalg.svdvals(S)
+        norm, smin, method = sv[..., 0], sv[..., -1], "exact"
+    else:
+        found = [sensitivity_norm_estimate(net, y0, j, max_iter=max_iter, rtol=rtol) for j in wanted]
+        norm = torch.stack([f["norm"] for f in found])
+        smin = torch.stack([f["sigma_min"] for f in found])
+        method = "lanczos"
+    return {"layers": torch.tensor(wanted), "norm": norm, "sigma_min": smin, "method": method}
 
 
 def _ritz_extremes(alphas: list[Tensor], betas: list[Tensor], sizes: Tensor) -> Tensor:

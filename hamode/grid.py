@@ -102,6 +102,9 @@ class Schedule:
     def __setattr__(self, name, value):
         raise AttributeError("a Schedule is immutable: build a new one")
 
+    def __reduce__(self):  # pickle and copy rebuild it (the default restores slots through __setattr__)
+        return (Schedule, (self.grid, self.substeps))
+
     def __repr__(self) -> str:
         return f"Schedule(n_layers={self.n_layers}, t_end={self.grid.t_end}, substeps={self.substeps})"
 

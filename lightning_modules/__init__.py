@@ -2,7 +2,7 @@
 
 from .callbacks import LastCheckpoint, NonFiniteGuard, NonFiniteLossError, PredictionWriter, SensitivityMonitor
 from .data import InMemoryLoader, MNISTDataModule, Toy2DDataModule
-from .module import HDNNClassifier
+from .module import HDNNClassifier, upgrade_model_config
 
 __all__ = [
     "HDNNClassifier",
@@ -14,4 +14,5 @@ __all__ = [
     "PredictionWriter",
     "SensitivityMonitor",
     "Toy2DDataModule",
+    "upgrade_model_config",
 ]

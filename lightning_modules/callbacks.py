@@ -12,22 +12,26 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from hamode.diagnostics import backward_sensitivity, sensitivity_norms
+from hamode.diagnostics import layer_sensitivity
+from hamode.models import hamiltonian_inputs
 
 __all__ = ["LastCheckpoint", "NonFiniteGuard", "NonFiniteLossError", "PredictionWriter", "SensitivityMonitor"]
 
 
 class SensitivityMonitor(L.Callback):
-    """Logs ‖∂y_N/∂y_j‖₂ (per sample: mean/min/max over a fixed probe batch) and the smallest
-    singular value of ∂y_N/∂y_j, every ``every_n_steps`` training steps.
+    """Logs ‖∂y_N/∂y_j‖₂ (per sample: mean/min/max over a fixed probe batch) and the smallest singular value of
+    ∂y_N/∂y_j for every :class:`hamode.HamiltonianNet` inside the model (each stage of a CNN), every
+    ``every_n_steps`` training steps. Small states get the exact BSM; image states the matrix-free Lanczos estimate
+    (:func:`hamode.diagnostics.layer_sensitivity`).
 
     Args:
         every_n_steps: logging period in optimizer steps.
         layers: layer boundaries j to monitor (default: 0, N/4, N/2, 3N/4, N-1; all of them
             when ``full_curve``).
         probe_size: training samples in the probe batch (fixed at the start of training).
-        full_curve: log every layer (default: on for the 2-D task, off for MNIST, where every
-            pixel is a sample and the probe is larger).
+        full_curve: log every layer (default: on where every sample is one state vector, as in the 2-D task;
+            off for per-pixel and image states, where a sample holds many coordinates).
+        max_iter: Lanczos iterations per boundary for image states.
     """
 
     def __init__(
@@ -36,6 +40,7 @@ class SensitivityMonitor(L.Callback):
         layers: Sequence[int] | None = None,
         probe_size: int = 16,
         full_curve: bool | None = None,
+        max_iter: int = 20,
     ) -> None:
         super().__init__()
         if every_n_steps < 1:
@@ -46,6 +51,7 @@ class SensitivityMonitor(L.Callback):
             probe_size,
             full_curve,
         )
+        self.max_iter = max_iter
         self._probe: torch.Tensor | None = None
 
     def _layers(self, n_layers: int, full: bool) -> list[int]:
@@ -63,25 +69,31 @@ class SensitivityMonitor(L.Callback):
             self._probe = next(iter(trainer.train_dataloader))[0][: self.probe_size]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        net = getattr(pl_module, "net", None)
-        if net is None or self._probe is None or trainer.global_step % self.every_n_steps:
+        if self._probe is None or trainer.global_step % self.every_n_steps:
             return
-        model = pl_module.model
-        full = self.full_curve if self.full_curve is not None else pl_module.hparams.task == "toy2d"
-        layers = self._layers(net.n_layers, full)
-        with torch.no_grad():
-            y0 = model.embed(self._probe.to(pl_module.device))
-        S = backward_sensitivity(net, y0, layers)
-        stats = sensitivity_norms(S.flatten(1, -3))
-        for i, j in enumerate(layers):
-            for key in ("norm_mean", "norm_min", "norm_max", "sigma_min_min"):
-                pl_module.log(f"sensitivity/{key}/layer_{j:03d}", stats[key][i].item(), on_step=True, on_epoch=False)
-        pl_module.log(
-            "sensitivity/min_norm",
-            stats["norm_min"][:-1].min().item() if len(layers) > 1 else stats["norm_min"].min().item(),
-            on_step=True,
-            on_epoch=False,
-        )
+        was_training = pl_module.training
+        pl_module.eval()  # batch-norm layers around the nets: the probe must not move their statistics
+        try:
+            inputs = hamiltonian_inputs(pl_module.net, self._probe.to(pl_module.device))
+        finally:
+            pl_module.train(was_training)
+        for i, (net, y0) in enumerate(inputs):
+            prefix = "sensitivity" if len(inputs) == 1 else f"sensitivity/stage{i}"
+            full = self.full_curve if self.full_curve is not None else y0.dim() == 2
+            layers = self._layers(net.n_layers, full)
+            found = layer_sensitivity(net, y0, layers, max_iter=self.max_iter)
+            norm, smin = found["norm"].flatten(1), found["sigma_min"].flatten(1)
+            stats = {
+                "norm_mean": norm.mean(1),
+                "norm_min": norm.amin(1),
+                "norm_max": norm.amax(1),
+                "sigma_min_min": smin.amin(1),
+            }
+            for k, j in enumerate(layers):
+                for key, values in stats.items():
+                    pl_module.log(f"{prefix}/{key}/layer_{j:03d}", values[k].item(), on_step=True, on_epoch=False)
+            inner = stats["norm_min"][:-1] if len(layers) > 1 else stats["norm_min"]
+            pl_module.log(f"{prefix}/min_norm", inner.min().item(), on_step=True, on_epoch=False)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -24,10 +24,10 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from .callbacks import LastCheckpoint, NonFiniteGuard, PredictionWriter
-from .module import HDNNClassifier
+from .module import LEGACY_MODEL_KEYS, HDNNClassifier, upgrade_model_config
 
-TRAINED_DISCRETISATION = ("architecture", "n_layers", "t_end", "h", "integrator", "substeps", "gradient")
-"""Hyper-parameters that define the trained network's discretisation: a checkpoint fixes them."""
+NET_KEY = "net"
+"""The injected model (``model.net``: ``class_path``, ``init_args``): a checkpoint fixes it, discretisation included."""
 EVALUATION_DISCRETISATION = ("eval_integrator", "eval_substeps")
 """Hyper-parameters of evaluation only: the command line's values win over a checkpoint's."""
 CHECKPOINT_ALIASES = ("last", "best")
@@ -69,9 +69,17 @@ class HamodeCLI(LightningCLI):
     With ``--ckpt_path FILE``, Lightning lays the checkpoint's hyper-parameters over the command line. hamode
     keeps what was asked instead of silently dropping it: ``--model.eval_integrator`` / ``--model.eval_substeps``
     given on the command line are honoured (and checked at start), and a config whose training discretisation
-    (architecture, n_layers, t_end, h, integrator, substeps, gradient) differs from the checkpoint's is refused
-    with both shown, unless ``--allow_discretisation_change=true``.
+    net (``model.net``: its class and every init argument, the discretisation among them) differs from the
+    checkpoint's is refused with the differences shown, unless ``--allow_discretisation_change=true``.
+
+    A hamode <= 0.2 config (``model.task`` and the net's arguments on the training module) is refused with the
+    upgraded ``model:`` block printed.
     """
+
+    def parse_arguments(self, parser, args) -> None:
+        if args is None or isinstance(args, (list, tuple)):
+            _refuse_legacy_config(sys.argv[1:] if args is None else list(args))
+        super().parse_arguments(parser, args)
 
     def init_parser(self, **kwargs: Any):
         parser = super().init_parser(**kwargs)
@@ -166,19 +174,21 @@ class HamodeCLI(LightningCLI):
         if not (ckpt_path and Path(ckpt_path).is_file()):
             return super()._parse_ckpt_path()
         asked = cfg["model"].clone()
+        _refuse_legacy_checkpoint(subcommand, ckpt_path)
         super()._parse_ckpt_path()  # replaces self.config
         cfg = self.config[subcommand]
         saved = cfg["model"]
-        changed = [(k, asked.get(k), saved.get(k)) for k in TRAINED_DISCRETISATION if asked.get(k) != saved.get(k)]
+        changed = _net_differences(asked.get(NET_KEY), saved.get(NET_KEY))
         if changed and not cfg.get("allow_discretisation_change"):
-            lines = "\n".join(f"  {k}: asked {a!r}, checkpoint {b!r}" for k, a, b in changed)
+            lines = "\n".join(f"  model.net.{k}: asked {a!r}, checkpoint {b!r}" for k, a, b in changed)
             hint = (
                 "resuming would silently train another network"
                 if subcommand == "fit"
                 else "to evaluate under another integrator use --model.eval_integrator / --model.eval_substeps"
             )
             raise SystemExit(
-                f"hamode {subcommand}: the config's discretisation differs from the checkpoint {ckpt_path}:\n{lines}\n"
+                f"hamode {subcommand}: the config's net (its discretisation or architecture) differs from the "
+                f"checkpoint {ckpt_path}:\n{lines}\n"
                 f"({hint}; --allow_discretisation_change=true takes the checkpoint's values)"
             )
         for key in EVALUATION_DISCRETISATION:
@@ -234,11 +244,76 @@ class HamodeCLI(LightningCLI):
 
 
 def describe(model: HDNNClassifier) -> str:
-    """`` (rk4, 1 substep)``: the discretisation the model's net evaluates with now ('' without a net)."""
-    if model.net is None:
+    """`` (rk4, 1 substep)``: the discretisation the model's Hamiltonian nets evaluate with now ('' without one;
+    every stage's when they differ)."""
+    found = list(dict.fromkeys((n.integrator_name, n.substeps) for n in model.hamiltonian_nets))
+    if not found:
         return ""
-    name, substeps = model.net.integrator_name, model.net.substeps
-    return f" ({name}, {substeps} substep{'' if substeps == 1 else 's'})"
+    text = "; ".join(f"{name}, {k} substep{'' if k == 1 else 's'}" for name, k in found)
+    return f" ({text})"
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config (Namespace or dict) as ``{"init_args.n_layers": 4, ...}``."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _net_differences(asked: Any, saved: Any) -> list[tuple[str, Any, Any]]:
+    """``(key, asked, checkpoint)`` for every entry of the net's config that differs."""
+    a, b = _flat(asked), _flat(saved)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _legacy_message(where: str, model: dict[str, Any]) -> str:
+    import yaml
+
+    keys = ", ".join(k for k in model if k in LEGACY_MODEL_KEYS)
+    block = yaml.safe_dump({"model": upgrade_model_config(model)}, sort_keys=False)
+    return (
+        f"hamode: {where} gives the net's arguments to the training module ({keys}): since hamode 0.3 the model "
+        "is injected as model.net (class_path + init_args) and model.task is gone. Replace its model: block by\n\n"
+        f"{block}\n(on the command line: --model.net.init_args.<argument>=...)"
+    )
+
+
+def _refuse_legacy_config(argv: list[str]) -> None:
+    """Refuse a hamode <= 0.2 config file or ``--model.<net argument>`` flag, printing the upgraded block."""
+    import yaml
+
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else None
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        if path and Path(path).is_file():
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            model = loaded.get("model") if isinstance(loaded, dict) else None
+            if isinstance(model, dict) and "class_path" not in model and any(k in LEGACY_MODEL_KEYS for k in model):
+                raise SystemExit(_legacy_message(f"the config {path}", model))
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("--model.") and flag[len("--model.") :] in LEGACY_MODEL_KEYS:
+            raise SystemExit(
+                f"hamode: {flag} is a hamode <= 0.2 flag: the net's arguments are now "
+                f"--model.net.init_args.{flag[len('--model.') :]}=... (and --model.task is gone: choose the net's "
+                "class with --model.net=hamode.models.MNISTHDNN, HamiltonianCNN, Toy2DClassifier or your own)"
+            )
+
+
+def _refuse_legacy_checkpoint(subcommand: str, path: str) -> None:
+    import torch
+
+    hparams = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+    if "task" in hparams and NET_KEY not in hparams:
+        raise SystemExit(
+            f"hamode {subcommand}: the checkpoint {path} was written by hamode <= 0.2 (model.task="
+            f"{hparams['task']!r}); its weights belong to the old module layout and cannot be loaded by this version"
+        )
 
 
 def cli(args: list[str] | None = None, run: bool = True) -> HamodeCLI:

@@ -126,7 +126,8 @@ class InMemoryLoader:
 class _InMemoryDataModule(L.LightningDataModule):
     """Shared loader logic: tensors in memory, seeded, sharded across processes."""
 
-    task: str = ""
+    n_classes: int | None = None
+    """Classes of the labels (the training system checks the model against it)."""
 
     def __init__(self, batch_size: int, seed: int, eval_batch_size: int | None = None) -> None:
         super().__init__()
@@ -193,7 +194,7 @@ class Toy2DDataModule(_InMemoryDataModule):
         val_fraction: part of the training half held out for validation (0: none, as in the papers).
     """
 
-    task = "toy2d"
+    n_classes = 2
 
     def __init__(
         self,
@@ -240,7 +241,7 @@ class MNISTDataModule(_InMemoryDataModule):
             seeded per batch, so resumable.
     """
 
-    task = "mnist"
+    n_classes = 10
 
     def __init__(
         self,

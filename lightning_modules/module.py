@@ -1,80 +1,100 @@
-"""HDNNClassifier: the training system around hamode's models (Lightning style: model apart from system)."""
+"""HDNNClassifier: the training system around any classifier ``nn.Module`` (Lightning style: model apart from
+system). The model is injected (``--model.net``, a ``class_path``/``init_args`` block in the configs): the per-pixel
+H-DNN, the Hamiltonian CNN, the 2-D classifier and a user's own ``nn.Module`` are trained by the same system."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.classification import Accuracy
 
-from hamode import list_architectures, list_integrators
-from hamode.models import MNISTHDNN, Toy2DClassifier
-from hamode.net import GradientMode
+from hamode import HamiltonianNet, list_integrators
+from hamode.models import hamiltonian_nets
 
-__all__ = ["TASKS", "HDNNClassifier"]
+__all__ = ["LEGACY_MODEL_KEYS", "HDNNClassifier", "upgrade_model_config"]
 
-TASKS = ("mnist", "toy2d")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("exponential", "onecycle", "cosine", "none")
+LEGACY_MODEL_KEYS = (
+    "task",
+    "architecture",
+    "dim",
+    "width",
+    "n_layers",
+    "t_end",
+    "h",
+    "integrator",
+    "substeps",
+    "gradient",
+    "activation",
+    "weights",
+    "init",
+    "solver_options",
+    "head",
+)
+"""The net arguments ``HDNNClassifier`` took before the model was injected (hamode <= 0.2)."""
+_LEGACY_DEFAULTS = {"task": "mnist", "architecture": "H2", "dim": 8, "n_layers": 4, "h": 0.5}
+
+
+def upgrade_model_config(model: dict[str, Any]) -> dict[str, Any]:
+    """The ``model:`` block of a hamode <= 0.2 config (``task: mnist|toy2d`` and the net's arguments on the
+    training module) rewritten for the injected model: the net's arguments move into
+    ``net: {class_path: hamode.models.MNISTHDNN | hamode.models.Toy2DClassifier, init_args: {...}}``."""
+    old = {**_LEGACY_DEFAULTS, **{k: v for k, v in model.items() if k in LEGACY_MODEL_KEYS}}
+    task = old.pop("task")
+    if task not in ("mnist", "toy2d"):
+        raise ValueError(f"task must be 'mnist' or 'toy2d' in a hamode <= 0.2 config, got {task!r}")
+    head = old.pop("head", None)
+    if task == "mnist":
+        init = {"channels": old.pop("dim"), **old}
+        class_path = "hamode.models.MNISTHDNN"
+    else:
+        init = {**old, **({"head": head} if head is not None else {})}
+        class_path = "hamode.models.Toy2DClassifier"
+    rest = {k: v for k, v in model.items() if k not in LEGACY_MODEL_KEYS}
+    return {"net": {"class_path": class_path, "init_args": init}, **rest}
 
 
 class HDNNClassifier(L.LightningModule):
-    """Trains an H-DNN classifier; every hyper-parameter is plain data saved in the checkpoint,
-    so ``load_from_checkpoint`` rebuilds the same discretisation.
+    """Trains a classifier ``net`` (any ``nn.Module`` from inputs to logits) and evaluates it under the
+    discretisation asked; every hyper-parameter is plain data saved in the checkpoint, so ``load_from_checkpoint``
+    of a checkpoint written by ``hamode fit`` rebuilds the same model (the net's ``class_path`` and
+    ``init_args`` included), and so does one of a hamode model built in Python (they record their arguments,
+    :class:`hamode.models.RecordsInitArgs`); for a user's own module: ``load_from_checkpoint(path, net=the_model)``.
+
+    The discretisation hooks (``eval_integrator``, ``eval_substeps``, :meth:`set_integrator`) act on every
+    :class:`hamode.HamiltonianNet` inside the net (the stages of a CNN, the flow of a per-pixel net, a user's own).
 
     Args:
-        task: ``mnist`` (hamode.models.MNISTHDNN: conv embedding, an H-DNN on every pixel, linear head) or
-            ``toy2d`` (hamode.models.Toy2DClassifier: 2-D points, zero-padded state, linear head).
-        architecture: the Hamiltonian field, one of {ARCHITECTURES}.
-        dim: state size (toy2d) or channels C of every pixel (mnist).
-        width: hidden size m of K (None: the architecture's default).
-        n_layers: layers N (mnist: 0 is the conv + linear baseline without an H-DNN).
-        t_end: final time T of the flow (give t_end or h, not both).
-        h: layer step, T = n_layers * h (give t_end or h, not both).
-        integrator: training discretisation, one of {INTEGRATORS}, or ``torchdiffeq:<method>`` (an adaptive
-            or fixed-grid torchdiffeq solve, e.g. torchdiffeq:dopri5), or None for the architecture's default.
-        substeps: integrator steps per layer (>= 1).
-        gradient: ``backprop`` (through the steps), ``reversible`` (O(1) memory: states rebuilt by the
-            inverse step; invertible rules only) or ``adjoint`` (torchdiffeq's adjoint solve).
-        activation: the activation σ of the field.
-        weights: ``piecewise`` (one weight set per layer, the papers), ``constant`` (one set: a
-            time-invariant ODE) or ``linear`` (interpolated between N + 1 nodes).
-        init: ``default`` (N(0, 1/fan_in) matrices) or ``normal`` (N(0, 1), the papers' 2-D recipe).
-        solver_options: options of the torchdiffeq solve, e.g. {{rtol: 1e-4, atol: 1e-5}}.
+        net: the model: ``hamode.models.MNISTHDNN`` (L4DC's per-pixel H-DNN), ``hamode.models.HamiltonianCNN``,
+            ``hamode.models.ResidualCNN``, ``hamode.models.Toy2DClassifier`` or any ``nn.Module`` returning logits
+            (``(B, n_classes)``, or ``(B,)`` for one logistic logit). Its ``regularization(alpha)`` method is used
+            if it has one, else the smoothness regulariser of its Hamiltonian nets is summed.
+        n_classes: classes of the accuracy metrics (None: the net's ``n_classes`` attribute, else the data
+            module's).
         alpha: weight of the smoothness regulariser (L4DC eq. 12), >= 0.
         optimizer: ``adam``, ``adamw`` or ``sgd`` (momentum 0.9).
         lr: learning rate (> 0).
-        weight_decay: weight decay on the non-H-DNN layers (conv, classifier head).
-        hdnn_weight_decay: weight decay on the H-DNN weights (they also get the smoothness regulariser).
+        weight_decay: weight decay on the parameters outside the Hamiltonian nets (convolutions, heads).
+        hdnn_weight_decay: weight decay on the Hamiltonian nets' weights (they also get the smoothness regulariser).
         lr_schedule: ``exponential`` (x lr_gamma per epoch, the papers), ``onecycle`` (per step),
             ``cosine`` (per epoch) or ``none``.
         lr_gamma: decay factor per epoch of the exponential schedule, in (0, 1].
         eval_integrator: evaluate (validate/test/predict) under this integrator instead of the training one
-            (same names as integrator; None: the training one).
+            (one of {INTEGRATORS}, or torchdiffeq:<method>; None: the training one).
         eval_substeps: evaluate with this many substeps per layer (None: the training value).
-        head: toy2d only: ``logit`` (one logit, logistic loss) or ``softmax`` (two classes).
     """
 
     def __init__(
         self,
-        task: Literal["mnist", "toy2d"] = "mnist",
-        architecture: str = "H2",
-        dim: int = 8,
-        width: int | None = None,
-        n_layers: int = 4,
-        t_end: float | None = None,
-        h: float | None = 0.5,
-        integrator: str | None = None,
-        substeps: int = 1,
-        gradient: GradientMode = "backprop",
-        activation: Literal["tanh", "relu", "sigmoid"] = "tanh",
-        weights: Literal["piecewise", "constant", "linear"] = "piecewise",
-        init: Literal["default", "normal"] = "default",
-        solver_options: dict[str, Any] | None = None,
+        net: nn.Module | None = None,
+        n_classes: int | None = None,
         alpha: float = 1e-3,
         optimizer: Literal["adam", "adamw", "sgd"] = "adam",
         lr: float = 0.04,
@@ -84,11 +104,18 @@ class HDNNClassifier(L.LightningModule):
         lr_gamma: float = 0.8,
         eval_integrator: str | None = None,
         eval_substeps: int | None = None,
-        head: Literal["logit", "softmax"] = "logit",
     ) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+        if not isinstance(net, nn.Module):
+            raise ValueError(
+                f"net must be an nn.Module (the classifier to train), got {net!r}: in a config give "
+                "model.net: {class_path: hamode.models.MNISTHDNN, init_args: {...}} (or HamiltonianCNN, "
+                "Toy2DClassifier, your own module); in Python HDNNClassifier(net=...); to load a checkpoint of a "
+                "model built in Python: HDNNClassifier.load_from_checkpoint(path, net=<the same model>). A checkpoint "
+                "written by hamode <= 0.2 (hyper-parameters task, architecture, dim, ...) cannot be loaded any more."
+            )
+        if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2):
+            raise ValueError(f"n_classes must be an int >= 2 or None, got {n_classes!r}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
         if lr_schedule not in SCHEDULES:
@@ -110,50 +137,56 @@ class HDNNClassifier(L.LightningModule):
                 raise ValueError(f"{name} must be finite, got {value!r}")
         if isinstance(lr_gamma, bool) or not isinstance(lr_gamma, (int, float)) or not 0 < lr_gamma <= 1:
             raise ValueError(f"lr_gamma must be a number in (0, 1] (the per-epoch decay factor), got {lr_gamma!r}")
-        self.save_hyperparameters()
-        net_args = dict(
-            architecture=architecture,
-            n_layers=n_layers,
-            t_end=t_end,
-            h=h,
-            integrator=integrator,
-            substeps=substeps,
-            gradient=gradient,
-            activation=activation,
-            width=width,
-            weights=weights,
-            init=init,
-            solver_options=solver_options,
-        )
-        if task == "mnist":
-            self.model = MNISTHDNN(channels=dim, **net_args)
-            self.n_classes = 10
-        else:
-            self.model = Toy2DClassifier(dim=dim, head=head, **net_args)
-            self.n_classes = 2
-        self._train_discretisation = self._discretisation()
+        with warnings.catch_warnings():  # a module given in Python is not hyper-parameter data: dropped below
+            warnings.filterwarnings("ignore", message=r"Attribute 'net' is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
+        if isinstance(self.hparams.get("net"), nn.Module):  # built in Python, not from a config
+            config = getattr(net, "init_config", None)
+            if config is not None:  # hamode's models record their arguments: the checkpoint can rebuild the net
+                self.hparams["net"] = config
+                self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+            else:  # a user's module: load_from_checkpoint(path, net=...) rebuilds it
+                del self.hparams["net"]
+        self.net = net
+        self._train_discretisation = self._discretisations()
         if eval_integrator is not None or eval_substeps is not None:
             self._check_eval(eval_integrator, eval_substeps)
+        self.n_classes = n_classes if n_classes is not None else getattr(net, "n_classes", None)
+        if self.n_classes is not None:
+            self._make_metrics()
+
+    def _make_metrics(self) -> None:
         metric = {"task": "multiclass", "num_classes": self.n_classes}
         self.train_acc, self.val_acc, self.test_acc = Accuracy(**metric), Accuracy(**metric), Accuracy(**metric)
 
     # ------------------------------------------------------------ discretisation
     @property
-    def net(self):
-        """The model's :class:`hamode.HamiltonianNet` (None for the 0-layer MNIST baseline)."""
-        return self.model.net
+    def hamiltonian_nets(self) -> list[HamiltonianNet]:
+        """The :class:`hamode.HamiltonianNet` modules inside the net, in module order (empty for a plain net)."""
+        return hamiltonian_nets(self.net)
 
-    def _discretisation(self) -> tuple[str, int] | None:
-        return None if self.net is None else (self.net.integrator_name, self.net.substeps)
+    def _discretisations(self) -> list[tuple[str, int]]:
+        return [(n.integrator_name, n.substeps) for n in self.hamiltonian_nets]
+
+    def discretisation(self) -> tuple[str, int] | None:
+        """``(integrator, substeps)`` the first Hamiltonian net runs with now (None without one)."""
+        found = self._discretisations()
+        return found[0] if found else None
+
+    def _set_all(self, integrator: str | None, substeps: int | None) -> None:
+        for net, (name, k) in zip(self.hamiltonian_nets, self._train_discretisation):
+            net.set_integrator(integrator if integrator is not None else name, substeps if substeps else k)
 
     def _check_eval(self, integrator, substeps) -> None:
-        if self.net is None:
-            return
-        saved = self._discretisation()
+        if not self.hamiltonian_nets:
+            raise ValueError(
+                f"eval_integrator={integrator!r} / eval_substeps={substeps!r} asked, but the net "
+                f"{type(self.net).__name__} holds no hamode.HamiltonianNet to discretise: leave them unset"
+            )
         try:
-            self.net.set_integrator(integrator if integrator is not None else saved[0], substeps)
+            self._set_all(integrator, substeps)
         finally:
-            self.net.set_integrator(*saved)
+            self._use_train_discretisation()
 
     def set_integrator(self, integrator: str, substeps: int | None = None) -> None:
         """Evaluate (validate/test/predict) under another discretisation from now on; training keeps its own."""
@@ -163,15 +196,12 @@ class HDNNClassifier(L.LightningModule):
             self.hparams.eval_substeps = substeps
 
     def _use_eval_discretisation(self) -> None:
-        if self.net is not None and (self.hparams.eval_integrator or self.hparams.eval_substeps):
-            self.net.set_integrator(
-                self.hparams.eval_integrator or self._train_discretisation[0],
-                self.hparams.eval_substeps or self._train_discretisation[1],
-            )
+        if self.hparams.eval_integrator or self.hparams.eval_substeps:
+            self._set_all(self.hparams.eval_integrator, self.hparams.eval_substeps)
 
     def _use_train_discretisation(self) -> None:
-        if self.net is not None:
-            self.net.set_integrator(*self._train_discretisation)
+        for net, saved in zip(self.hamiltonian_nets, self._train_discretisation):
+            net.set_integrator(*saved)
 
     def on_validation_start(self) -> None:
         self._use_eval_discretisation()
@@ -188,26 +218,47 @@ class HDNNClassifier(L.LightningModule):
     # ------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        task = getattr(dm, "task", None)
-        if task is not None and task != self.hparams.task:
+        data_classes = getattr(dm, "n_classes", None)
+        net_classes = getattr(self.net, "n_classes", None)
+        if data_classes is not None and net_classes is not None and data_classes != net_classes:
             raise ValueError(
-                f"model task {self.hparams.task!r} does not match the data module "
-                f"{type(dm).__name__} (task {task!r}): set --model.task={task}"
+                f"the net {type(self.net).__name__} has {net_classes} classes but the data module "
+                f"{type(dm).__name__} has {data_classes}: set the net's n_classes (or choose the model for this data)"
             )
+        if self.n_classes is None:
+            if data_classes is None:
+                raise ValueError(
+                    f"the number of classes is unknown: the net {type(self.net).__name__} has no n_classes "
+                    "attribute and the data module gives none; set --model.n_classes"
+                )
+            self.n_classes = data_classes
+            self._make_metrics()
 
     # ------------------------------------------------------------ steps
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        return self.net(x)
 
     def _loss(self, logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if logits.dim() == 1:  # logistic head
             return F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype)), (logits > 0).long()
         return F.cross_entropy(logits, y), logits.argmax(-1)
 
+    def regularization(self) -> Tensor:
+        """The net's ``regularization(alpha)`` if it has one, else the smoothness regulariser of its Hamiltonian
+        nets (zero for a plain net)."""
+        alpha = self.hparams.alpha
+        own = getattr(self.net, "regularization", None)
+        if callable(own):
+            return own(alpha)
+        zero = next(self.net.parameters()).new_zeros(())
+        return sum((n.regularization(alpha) for n in self.hamiltonian_nets), zero)
+
     def _log_solver_stats(self, stage: str) -> None:
-        if self.net is not None and self.net.continuous and self.net.stats:
-            for key, value in self.net.stats.items():
-                self.log(f"{stage}/solver_{key}", float(value), on_step=stage == "train", on_epoch=True)
+        nets = [n for n in self.hamiltonian_nets if n.continuous and n.stats]
+        for i, net in enumerate(nets):
+            prefix = f"{stage}/solver_" if len(nets) == 1 else f"{stage}/solver{i}_"
+            for key, value in net.stats.items():
+                self.log(prefix + key, float(value), on_step=stage == "train", on_epoch=True)
 
     @staticmethod
     def _check_inputs(x: Tensor, stage: str, batch_idx: int) -> None:
@@ -223,7 +274,7 @@ class HDNNClassifier(L.LightningModule):
         x, y = batch
         self._check_inputs(x, "train", batch_idx)
         loss, pred = self._loss(self(x), y)
-        reg = self.model.regularization(self.hparams.alpha)
+        reg = self.regularization()
         total = loss + reg
         self.train_acc(pred, y)
         self.log("train/loss", loss, prog_bar=True)
@@ -262,9 +313,9 @@ class HDNNClassifier(L.LightningModule):
     # ------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         hp = self.hparams
-        hdnn = list(self.net.parameters()) if self.net is not None else []
+        hdnn = [p for n in self.hamiltonian_nets for p in n.parameters()]
         ids = {id(p) for p in hdnn}
-        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        rest = [p for p in self.net.parameters() if id(p) not in ids]
         groups = [{"params": rest, "weight_decay": hp.weight_decay}]
         if hdnn:
             groups.append({"params": hdnn, "weight_decay": hp.hdnn_weight_decay})
@@ -295,6 +346,4 @@ class HDNNClassifier(L.LightningModule):
 
 
 # The names in the help text come from the registries, so they cannot go stale.
-HDNNClassifier.__doc__ = HDNNClassifier.__doc__.format(
-    ARCHITECTURES=", ".join(list_architectures()), INTEGRATORS=", ".join(list_integrators())
-)
+HDNNClassifier.__doc__ = HDNNClassifier.__doc__.format(INTEGRATORS=", ".join(list_integrators()))

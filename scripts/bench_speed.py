@@ -190,7 +190,8 @@ def mnist_epoch_time(data_dir: str) -> tuple[float, float]:
 
     import torch.nn.functional as F
 
-    from lightning_modules import HDNNClassifier, MNISTDataModule
+    from hamode.models import MNISTHDNN
+    from lightning_modules import MNISTDataModule
 
     dm = MNISTDataModule(data_dir=data_dir, batch_size=100)
     dm.prepare_data()
@@ -198,13 +199,13 @@ def mnist_epoch_time(data_dir: str) -> tuple[float, float]:
     out = []
     for fast in (True, False):
         torch.manual_seed(0)
-        model = HDNNClassifier(task="mnist", architecture="H2", dim=8, n_layers=4, h=0.5)
+        model = MNISTHDNN("H2", channels=8, n_layers=4, h=0.5)
         model.net.fast = fast
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         x, y = dm.train_set
         t = time.perf_counter()
         for i in range(0, len(x) - 99, 100):
-            loss = F.cross_entropy(model(x[i : i + 100]), y[i : i + 100]) + model.model.regularization(ALPHA)
+            loss = F.cross_entropy(model(x[i : i + 100]), y[i : i + 100]) + model.regularization(ALPHA)
             opt.zero_grad()
             loss.backward()
             opt.step()

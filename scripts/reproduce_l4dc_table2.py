@@ -57,12 +57,15 @@ def train_cell(arch: str, layers: int, epochs: int, data_dir: str, schedule: str
 
     cfg = yaml.safe_load((ROOT / CONFIGS[arch]).read_text())
     L.seed_everything(cfg.get("seed_everything", 0), verbose=False)
-    model_kw = {**cfg["model"], "n_layers": layers, "dim": 8}  # the papers' C = 8 channels and K width
-    model_kw.pop("width", None)
+    from hamode.models import MNISTHDNN
+
+    system_kw = {k: v for k, v in cfg["model"].items() if k != "net"}
+    net_kw = {**cfg["model"]["net"]["init_args"], "n_layers": layers, "channels": 8}  # the papers' C = 8 and K width
+    net_kw.pop("width", None)
     if schedule == "onecycle":
-        model_kw.update(lr=0.01, lr_schedule="onecycle")
+        system_kw.update(lr=0.01, lr_schedule="onecycle")
     data_kw = {**cfg["data"]["init_args"], "data_dir": data_dir, "augment_shift": 0}  # no augmentation
-    model = HDNNClassifier(**model_kw)
+    model = HDNNClassifier(net=MNISTHDNN(**net_kw), **system_kw)
     dm = MNISTDataModule(**data_kw)
     trainer = L.Trainer(
         accelerator="cpu",

@@ -6,12 +6,14 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from hamode.models import Toy2DClassifier
 from lightning_modules import HDNNClassifier, Toy2DDataModule
 
 
 def main(out: Path) -> None:
     L.seed_everything(0)
-    model = HDNNClassifier(task="toy2d", architecture="H2", dim=4, n_layers=4, h=0.5, lr=0.02, lr_schedule="none")
+    net = Toy2DClassifier("H2", dim=4, n_layers=4, h=0.5)
+    model = HDNNClassifier(net=net, lr=0.02, lr_schedule="none")
     dm = Toy2DDataModule("double_moons", n_samples=1200, batch_size=50, val_fraction=0.1)
     trainer = L.Trainer(
         accelerator="cpu",

@@ -55,11 +55,12 @@ def test_torch_compile_matches_eager(backend, gradient):
 
 
 def test_torch_compile_of_a_lightning_module():
+    from hamode.models import Toy2DClassifier
     from lightning_modules import HDNNClassifier
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = HDNNClassifier(task="toy2d", architecture="H2", dim=4, n_layers=6, h=0.5)
+    model = HDNNClassifier(net=Toy2DClassifier("H2", dim=4, n_layers=6, h=0.5))
     x = torch.randn(7, 2)
     out = model(x)
     compiled = torch.compile(model, backend="aot_eager")

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from hamode.data.mnist import verify_mnist
+from hamode.models import Toy2DClassifier
 from lightning_modules import HDNNClassifier, NonFiniteLossError, SensitivityMonitor, Toy2DDataModule
 from lightning_modules.cli import cli
 
@@ -41,27 +42,23 @@ def _trainer(tmp_path, **kw):
     return L.Trainer(**defaults)
 
 
-def _toy(**kw):
-    args = dict(
-        task="toy2d",
-        architecture="H2",
-        dim=4,
-        n_layers=4,
-        h=0.5,
-        lr=0.02,
-        lr_schedule="exponential",
-        lr_gamma=0.9,
-        alpha=1e-3,
-    )
-    args.update(kw)
-    return HDNNClassifier(**args)
+TOY_NET_ARGS = ("architecture", "dim", "n_layers", "h", "t_end", "integrator", "substeps", "gradient", "weights")
+
+
+def _toy(system_class=None, **kw):
+    """The system around a Toy2DClassifier (H2, 4 layers); the keywords go to the net or the system."""
+    net = dict(architecture="H2", dim=4, n_layers=4, h=0.5)
+    system = dict(lr=0.02, lr_schedule="exponential", lr_gamma=0.9, alpha=1e-3)
+    for key, value in kw.items():
+        (net if key in TOY_NET_ARGS else system)[key] = value
+    return (system_class or HDNNClassifier)(net=Toy2DClassifier(**net), **system)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_cli_builds_every_config(config, tmp_path):
     c = cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"], run=False)
     assert isinstance(c.model, HDNNClassifier)
-    assert c.model.net.integrator_name == c.model.hparams.integrator
+    assert c.model.discretisation()[0] == c.model.hparams.net["init_args"]["integrator"]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -90,19 +87,27 @@ def test_bf16_mixed_precision_trains(config, tmp_path, mnist_dir, monkeypatch):
 
 def test_cli_override_integrator(tmp_path):
     c = cli(
-        ["--config", str(ROOT / "configs/double_moons_h2.yaml"), "--model.integrator=leapfrog", "--model.substeps=2"],
+        [
+            "--config",
+            str(ROOT / "configs/double_moons_h2.yaml"),
+            "--model.net.init_args.integrator=leapfrog",
+            "--model.net.init_args.substeps=2",
+        ],
         run=False,
     )
-    assert c.model.net.integrator_name == "leapfrog" and c.model.net.substeps == 2
+    assert c.model.hamiltonian_nets[0].integrator_name == "leapfrog" and c.model.hamiltonian_nets[0].substeps == 2
 
 
 @pytest.mark.parametrize(
     "override,match",
     [
-        ("--model.architecture=H3", "unknown architecture 'H3'; valid"),
-        ("--model.integrator=rk5", "unknown integrator 'rk5'; valid"),
-        ("--model.dim=7", "even dim"),
-        ("--model.integrator=leapfrog --model.architecture=H1_J2", "needs a separable field"),
+        ("--model.net.init_args.architecture=H3", "unknown architecture 'H3'; valid"),
+        ("--model.net.init_args.integrator=rk5", "unknown integrator 'rk5'; valid"),
+        ("--model.net.init_args.dim=7", "even dim"),
+        (
+            "--model.net.init_args.integrator=leapfrog --model.net.init_args.architecture=H1_J2",
+            "needs a separable field",
+        ),
     ],
 )
 def test_bad_configs_fail_at_start(override, match):
@@ -128,8 +133,8 @@ def test_checkpoint_restores_discretisation(tmp_path):
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     loaded = HDNNClassifier.load_from_checkpoint(path, weights_only=True)
-    assert loaded.net.integrator_name == "leapfrog" and loaded.net.substeps == 3
-    assert loaded.net.field.weights == "linear"
+    assert loaded.hamiltonian_nets[0].integrator_name == "leapfrog" and loaded.hamiltonian_nets[0].substeps == 3
+    assert loaded.hamiltonian_nets[0].field.weights == "linear"
     x = torch.randn(7, 2)
     assert torch.equal(loaded.eval()(x), model.eval()(x))
 
@@ -142,10 +147,10 @@ def test_evaluate_under_another_integrator(tmp_path):
 
     class Spy(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, *a):
-            seen.append(("train", pl_module.net.integrator_name))
+            seen.append(("train", pl_module.hamiltonian_nets[0].integrator_name))
 
         def on_validation_batch_start(self, trainer, pl_module, *a):
-            seen.append(("val", pl_module.net.integrator_name, pl_module.net.substeps))
+            seen.append(("val", pl_module.hamiltonian_nets[0].integrator_name, pl_module.hamiltonian_nets[0].substeps))
 
     model.set_integrator("rk4", substeps=4)
     trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False, callbacks=[Spy()], num_sanity_val_steps=0)
@@ -215,7 +220,7 @@ def test_nonfinite_guard_stops_and_keeps_the_last_finite_weights(tmp_path):
     from lightning_modules import LastCheckpoint, NonFiniteGuard
 
     L.seed_everything(0)
-    model = _NaNLossAt(**_toy().hparams)
+    model = _toy(_NaNLossAt)
     trainer = _trainer(
         tmp_path, max_epochs=1, callbacks=[NonFiniteGuard(), LastCheckpoint(dirpath=tmp_path)], num_sanity_val_steps=0
     )
@@ -356,7 +361,7 @@ def test_test_from_checkpoint_honours_the_eval_integrator(trained_swiss_roll, ca
     config, ckpt = trained_swiss_roll
     c = cli(["test", "--config", config, "--ckpt_path", ckpt, "--model.eval_integrator=rk4"])
     assert "(rk4, 1 substep)" in capsys.readouterr().out
-    assert c.model.net.integrator_name == "rk4"
+    assert c.model.hamiltonian_nets[0].integrator_name == "rk4"
     cli_acc = float(c.trainer.callback_metrics["test/acc"])
     # the same through the API
     model = HDNNClassifier.load_from_checkpoint(ckpt)
@@ -365,7 +370,7 @@ def test_test_from_checkpoint_honours_the_eval_integrator(trained_swiss_roll, ca
     api_acc = trainer.test(model, datamodule=c.datamodule, verbose=False)[0]["test/acc"]
     assert cli_acc == pytest.approx(api_acc, abs=1e-7)
     euler = cli(["test", "--config", config, "--ckpt_path", ckpt])
-    assert euler.model.net.integrator_name == "euler"
+    assert euler.model.hamiltonian_nets[0].integrator_name == "euler"
     assert "(euler, 1 substep)" in capsys.readouterr().out
 
 
@@ -377,12 +382,23 @@ def test_unknown_eval_integrator_with_a_checkpoint_is_refused(trained_swiss_roll
 
 def test_resume_with_another_discretisation_is_refused(trained_swiss_roll):
     config, ckpt = trained_swiss_roll
-    args = ["fit", "--config", config, "--ckpt_path", ckpt, "--model.integrator=rk4", "--model.substeps=2"]
-    with pytest.raises(SystemExit, match=r"integrator: asked 'rk4', checkpoint 'euler'\n  substeps: asked 2"):
+    args = [
+        "fit",
+        "--config",
+        config,
+        "--ckpt_path",
+        ckpt,
+        "--model.net.init_args.integrator=rk4",
+        "--model.net.init_args.substeps=2",
+    ]
+    with pytest.raises(
+        SystemExit, match=r"model.net.init_args.integrator: asked 'rk4', checkpoint 'euler'\n.*substeps: asked 2"
+    ):
         cli([*args, "--trainer.max_epochs=2"])
     allowed = ["--trainer.max_epochs=2", "--allow_discretisation_change=true", "--trainer.enable_progress_bar=false"]
     c = cli([*args, *allowed])
-    assert c.model.net.integrator_name == "euler" and c.trainer.current_epoch == 2  # the checkpoint's, resumed
+    net = c.model.hamiltonian_nets[0]
+    assert net.integrator_name == "euler" and c.trainer.current_epoch == 2  # the checkpoint's, resumed
 
 
 @pytest.mark.parametrize("bad", [-1.0, 0.0, 1.5, float("nan")])
@@ -490,7 +506,7 @@ def test_predict_writes_classes_probabilities_and_the_discretisation(trained_swi
         rows = list(csv.DictReader(f))
     x = c.datamodule.test_set[0]
     model = HDNNClassifier.load_from_checkpoint(ckpt, weights_only=True)
-    model.net.set_integrator("rk4")
+    model.hamiltonian_nets[0].set_integrator("rk4")
     with torch.no_grad():
         p1 = torch.sigmoid(model(x))
     assert len(rows) == len(x)
@@ -518,7 +534,7 @@ def test_help_lists_the_choices_and_every_argument_has_help(capsys):
         assert name in flat, name
     assert "{exponential,onecycle,cosine,none}" in flat and "{backprop,reversible,adjoint}" in flat
     with pytest.raises(SystemExit):
-        cli(["fit", "--config", SWISS, "--model.gradient=sideways"])
+        cli(["fit", "--config", SWISS, "--model.net.init_args.gradient=sideways"])
 
 
 def test_the_hamode_command_trains_without_lightning_tips_or_known_warnings(tmp_path):
