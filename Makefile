@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.hamode-installed
 
 .PHONY: install data train test test-slow lint docs clean
 
-CONFIG ?= configs/mnist_h2.yaml
+CONFIG ?= configs/mnist_conv_h2.yaml
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ install: $(STAMP)
 data: install
 	$(PY) -c "from hamode.data.mnist import obtain_mnist; print('MNIST raw files verified in', obtain_mnist('data'))"
 
-# Train the default H-DNN (TAC's H2 on MNIST), then test its best checkpoint and print the test accuracy.
+# Train the default H-DNN (the Hamiltonian CNN, ConvH2 stages, on MNIST), then test its best checkpoint.
 train: data
 	$(VENV)/bin/hamode fit --config $(CONFIG)
 	$(VENV)/bin/hamode test --config $(CONFIG) --ckpt_path best

@@ -248,9 +248,10 @@ class PredictionWriter(L.Callback):
             return
         probs = torch.cat([p["probs"] for p in self._outputs])
         classes = torch.cat([p["class"] for p in self._outputs])
-        net = pl_module.net
-        integrator = "none" if net is None else net.integrator_name
-        substeps = 0 if net is None else net.substeps
+        # the discretisation of the model's Hamiltonian nets ("+"-joined where stages differ; none: a plain net)
+        found = list(dict.fromkeys((n.integrator_name, n.substeps) for n in pl_module.hamiltonian_nets))
+        integrator = "+".join(name for name, _ in found) or "none"
+        substeps = "+".join(str(k) for _, k in found) or "0"
         path = self._target(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:

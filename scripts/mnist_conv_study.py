@@ -2,18 +2,20 @@
 
     python scripts/mnist_conv_study.py --out outputs/mnist_conv_study                  # both parts
     python scripts/mnist_conv_study.py --part side --epochs 2
-    python scripts/mnist_conv_study.py --part depth --depths 8 32 128 --depth-steps 150
+    python scripts/mnist_conv_study.py --part depth --depths 8 32 128 --depth-steps 500
 
-Part ``side``: every model trains through ``HDNNClassifier`` and the Lightning Trainer for ``--epochs`` epochs
-on the same data (``configs/mnist_conv_h2.yaml``'s data module, optimizer and schedule; the per-pixel H2 with its
-own config's optimizer and schedule): the per-pixel H2 of the default job (``configs/mnist_h2.yaml``), the
+Part ``side`` (``--train-batches`` and ``--side-test`` shrink it for a quick look): every model trains through
+``HDNNClassifier`` and the Lightning Trainer for ``--epochs`` epochs on the same data (``configs/mnist_conv_h2.yaml``'s
+data module, optimizer and schedule; the per-pixel H2 with its own config's optimizer and schedule): the per-pixel
+H2 of the papers' setting (``configs/mnist_h2.yaml``), the
 Hamiltonian CNN of ``configs/mnist_conv_h2.yaml`` under symplectic Euler and under leapfrog, the ConvH1_J1 CNN of
 ``configs/mnist_conv_h1.yaml`` (forward Euler), and ``hamode.models.ResidualCNN`` (a plain ResNet with the same
 stem, transitions, widths and depth; no Hamiltonian structure). Test accuracy of the final weights on the 10k
 test images, training seconds per epoch, parameters.
 
 Part ``depth``: one ConvH2 stage of N layers (symplectic Euler, C = 16 channels at 14x14 after a stride-2 stem,
-fixed T = ``--t-end``, h = T / N) trains ``--depth-steps`` steps at each depth; reported: test accuracy on
+fixed T = ``--t-end``, h = T / N) trains ``--depth-steps`` steps (AdamW, OneCycle to ``--depth-lr``) at each
+depth; reported: test accuracy on
 ``--depth-test`` images, min over boundaries j < N and probe images of ‖∂y_N/∂y_j‖₂ (matrix-free Lanczos
 estimate, which converges from below: a value >= 1 is conservative), the bytes autograd saves for backward
 (``SavedBytes``) and the time of one training step under backprop and reversible gradients.
@@ -109,6 +111,14 @@ def _fit(net: torch.nn.Module, system: dict, data: dict, data_dir: str, **traine
     return time.perf_counter() - t, dm
 
 
+def _save(stem: Path, headers: list[str], rows: list[list], header: str) -> str:
+    """Write ``stem.md`` (the command, then the table) and ``stem.csv`` after every row; returns the table."""
+    table = markdown_table(headers, rows)
+    write_text(stem.with_suffix(".md"), f"{header}\n\n{table}\n")
+    write_csv(stem.with_suffix(".csv"), headers, rows)
+    return table
+
+
 def side_by_side(args, folder: Path) -> None:
     import lightning as L
 
@@ -134,16 +144,15 @@ def side_by_side(args, folder: Path) -> None:
             continue
         L.seed_everything(0, verbose=False)
         net = _build(spec)
-        seconds, dm = _fit(net, system, data, args.data_dir, max_epochs=args.epochs)
+        limit = {"limit_train_batches": args.train_batches} if args.train_batches else {}
+        seconds, dm = _fit(net, system, data, args.data_dir, max_epochs=args.epochs, **limit)
         dm.setup("test")
-        acc = _accuracy(net, *dm.test_set)
+        acc = _accuracy(net, dm.test_set[0][: args.side_test], dm.test_set[1][: args.side_test])
         integrator = spec["init_args"].get("integrator") or "-"
         params = sum(p.numel() for p in net.parameters())
         rows.append([label, integrator, acc, seconds / args.epochs, params, args.epochs])
         print(f"[side] {label}: {acc:.2f} %, {seconds / args.epochs:.1f} s/epoch, {params} parameters", flush=True)
-        table = markdown_table(SIDE_HEADERS, rows)
-        write_text(folder / "side_by_side.md", f"{args.header}\n\n{table}\n")
-        write_csv(folder / "side_by_side.csv", SIDE_HEADERS, rows)
+        table = _save(folder / "side_by_side", SIDE_HEADERS, rows, args.header)
     print(table)
     _plot_side(rows, folder / "side_by_side.png")
 
@@ -175,7 +184,7 @@ def depth_study(args, folder: Path) -> None:
     from hamode.models import HamiltonianCNN, hamiltonian_inputs
 
     conv = _config("mnist_conv_h2.yaml")
-    system = {**_system_args(conv), "lr_schedule": "onecycle"}
+    system = {**_system_args(conv), "lr_schedule": "onecycle", "lr": args.depth_lr}
     data = {**conv["data"]["init_args"], "batch_size": args.depth_batch}
     rows, curves = [], {}
     for depth in args.depths:
@@ -217,9 +226,7 @@ def depth_study(args, folder: Path) -> None:
         (mem_bp, time_bp), (mem_rev, time_rev) = cells
         rows.append([depth, h, acc, float(norms.amin()), float(norms.amax()), mem_bp, mem_rev, time_bp, time_rev])
         print(f"[depth] N = {depth}: {acc:.2f} %, min norm {float(norms.amin()):.6f}, {seconds:.0f} s", flush=True)
-        table = markdown_table(DEPTH_HEADERS, rows)
-        write_text(folder / "depth.md", f"{args.header}\n\n{table}\n")
-        write_csv(folder / "depth.csv", DEPTH_HEADERS, rows)
+        table = _save(folder / "depth", DEPTH_HEADERS, rows, args.header)
     print(table)
     _plot_depth(curves, folder / "depth.png")
 
@@ -250,10 +257,13 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--epochs", type=positive_int, default=2, help="side: epochs of every model")
     parser.add_argument("--models", nargs="+", default=None, help="side: only the models whose label contains one")
+    parser.add_argument("--train-batches", type=positive_int, default=None, help="side: batches per epoch (all)")
+    parser.add_argument("--side-test", type=positive_int, default=10000, help="side: test images evaluated")
     parser.add_argument("--depths", nargs="+", type=positive_int, default=[8, 32, 128])
     parser.add_argument("--t-end", type=float, default=4.0, help="depth: the fixed final time T")
-    parser.add_argument("--depth-steps", type=positive_int, default=150, help="depth: training steps per depth")
+    parser.add_argument("--depth-steps", type=positive_int, default=500, help="depth: training steps per depth")
     parser.add_argument("--depth-batch", type=positive_int, default=64)
+    parser.add_argument("--depth-lr", type=float, default=0.01, help="depth: peak OneCycle learning rate")
     parser.add_argument("--depth-test", type=positive_int, default=2000, help="depth: test images evaluated")
     parser.add_argument("--probe", type=positive_int, default=4, help="depth: probe images of the norm estimate")
     parser.add_argument("--lanczos", type=positive_int, default=20, help="depth: Lanczos iterations per boundary")
@@ -261,10 +271,15 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not args.t_end > 0:
         parser.error(f"--t-end must be > 0, got {args.t_end}")
+    if not args.depth_lr > 0:
+        parser.error(f"--depth-lr must be > 0, got {args.depth_lr}")
     start(None if argv is None else ["scripts/mnist_conv_study.py", *argv])
     args.header = f"`python {' '.join(sys.argv if argv is None else ['scripts/mnist_conv_study.py', *argv])}`"
     args.header += f" (torch threads {torch.get_num_threads()})"
     folder = out_dir(args.out)
+    from lightning_modules.cli import quiet_lightning
+
+    quiet_lightning()  # no tips in the log
     if args.part in ("side", "both"):
         side_by_side(args, folder)
     if args.part in ("depth", "both"):

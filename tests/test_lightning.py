@@ -525,14 +525,31 @@ def test_help_lists_the_choices_and_every_argument_has_help(capsys):
 
     blocks = re.split(r"\n  (?=--)", text)
     ours = [b for b in blocks if b.startswith(("--model.", "--nan_guard.", "--predictions.", "--allow_"))]
-    assert len(ours) > 25
     helps = {b.split()[0]: re.split(r"\s{2,}", b.strip(), maxsplit=1)[-1] for b in ours}
+    system = ("net", "n_classes", "alpha", "optimizer", "lr", "lr_schedule", "eval_integrator", "eval_substeps")
+    assert {f"--model.{name}" for name in system} <= set(helps), sorted(helps)
     undocumented = [name for name, text in helps.items() if text.startswith("(type")]
     assert not undocumented, undocumented
     flat = re.sub(r"\s+", "", text)
-    for name in [*list_integrators(), *list_architectures()]:
+    for name in list_integrators():  # eval_integrator's help
         assert name in flat, name
-    assert "{exponential,onecycle,cosine,none}" in flat and "{backprop,reversible,adjoint}" in flat
+    assert "{exponential,onecycle,cosine,none}" in flat
+    # the models' own arguments: `hamode fit --model.net.help CLASS`
+    for model, kind in (("MNISTHDNN", "dense"), ("Toy2DClassifier", "dense"), ("HamiltonianCNN", "image")):
+        with pytest.raises(SystemExit):
+            cli(["fit", "--model.net.help", f"hamode.models.{model}"])
+        text = capsys.readouterr().out
+        flat = re.sub(r"\s+", "", text)
+        assert "{backprop,reversible,adjoint}" in flat and "{tanh,relu,sigmoid}" in flat
+        image = {"ConvH1_J1", "ConvH1_J2", "ConvH2"}
+        names = [a for a in list_architectures() if (a in image) == (kind == "image")]
+        for name in [*names, *list_integrators()]:
+            assert name in flat, (model, name)
+        blocks = [b for b in re.split(r"\n  (?=--)", text) if b.startswith("--model.net.")]
+        assert len(blocks) >= 12, (model, len(blocks))
+        helps = {b.split()[0]: re.split(r"\s{2,}", b.strip(), maxsplit=1)[-1] for b in blocks}
+        undocumented = [name for name, help_text in helps.items() if help_text.startswith("(type")]
+        assert not undocumented, (model, undocumented)
     with pytest.raises(SystemExit):
         cli(["fit", "--config", SWISS, "--model.net.init_args.gradient=sideways"])
 

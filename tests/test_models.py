@@ -16,6 +16,7 @@ import yaml
 from torch import nn
 
 from hamode import HamiltonianNet
+from hamode.architectures import architecture_info
 from hamode.models import (
     MNISTHDNN,
     HamiltonianCNN,
@@ -185,7 +186,8 @@ def test_conv_configs_build_a_hamiltonian_cnn(name, tmp_path):
     assert isinstance(c.model.net, HamiltonianCNN) and len(c.model.hamiltonian_nets) == 3
     expected = yaml.safe_load((ROOT / f"configs/{name}.yaml").read_text())["model"]["net"]["init_args"]
     assert {n.integrator_name for n in c.model.hamiltonian_nets} == {expected["integrator"]}
-    assert c.model.hamiltonian_nets[0].field.name == expected["architecture"]
+    field_class = architecture_info(expected["architecture"]).field_class
+    assert all(isinstance(n.field, field_class) for n in c.model.hamiltonian_nets)
 
 
 def test_the_hamode_command_runs_the_conv_config_on_real_mnist(tmp_path, mnist_dir):
@@ -236,7 +238,8 @@ def test_an_old_config_is_refused_with_its_upgrade_which_trains(tmp_path, monkey
     c = cli(["fit", "--config", str(new), "--trainer.fast_dev_run=true", *QUIET])
     assert c.trainer.state.finished
     assert isinstance(c.model.net, Toy2DClassifier) and c.model.discretisation() == ("euler", 1)
-    assert c.model.net.net.field.name == "H1_J1" and c.model.net.head_kind == "logit"
+    assert isinstance(c.model.net.net.field, architecture_info("H1_J1").field_class)
+    assert c.model.net.head_kind == "logit"
 
 
 def test_old_flags_are_refused_with_the_new_ones():
@@ -364,3 +367,42 @@ def test_toy_data_into_a_cnn_is_refused_by_the_class_count(tmp_path):
     model = HDNNClassifier(net=HamiltonianCNN(channels=(4,), layers=(1,)))
     with pytest.raises(ValueError, match=r"10 classes but the data module Toy2DDataModule has 2"):
         _trainer(tmp_path, max_steps=1).fit(model, Toy2DDataModule("double_moons", n_samples=200))
+
+
+def test_hamiltonian_cnn_with_a_continuous_solve_and_the_adjoint():
+    """Every gradient mode reaches the CNN's stages: a tight dopri5 solve with the adjoint gives the gradients of
+    backprop through the same solve (both approximate the flow's exact gradient to the solver tolerance)."""
+    grads = {}
+    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    for gradient in ("backprop", "adjoint"):
+        torch.manual_seed(0)
+        opts = {"rtol": 1e-9, "atol": 1e-9}
+        cnn = HamiltonianCNN(
+            channels=(4,),
+            layers=(2,),
+            integrator="torchdiffeq:dopri5",
+            gradient=gradient,
+            norm="none",
+            solver_options=opts,
+        )
+        cnn = cnn.to(torch.float64)
+        grads[gradient] = torch.autograd.grad(cnn(x).square().sum(), list(cnn.stages.parameters()))
+    for a, b in zip(grads["backprop"], grads["adjoint"]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
+
+
+def test_layer_sensitivity_is_exact_for_small_states_and_lanczos_for_images():
+    from hamode import make_field
+    from hamode.diagnostics import layer_sensitivity
+
+    torch.manual_seed(0)
+    field = make_field("ConvH2", dim=4, n_layers=3, init="normal").to(torch.float64)
+    net = HamiltonianNet(field, 1.2, "symplectic_euler")
+    y0 = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    exact = layer_sensitivity(net, y0, [0, 1, 2], exact_limit=36)
+    lanczos = layer_sensitivity(net, y0, [0, 1, 2], exact_limit=35, max_iter=36, rtol=1e-12)
+    assert exact["method"] == "exact" and lanczos["method"] == "lanczos"
+    assert torch.allclose(exact["norm"], lanczos["norm"], rtol=1e-6)
+    assert torch.allclose(exact["sigma_min"], lanczos["sigma_min"], rtol=1e-6)
+    assert (exact["norm"] >= 1 - 1e-12).all()  # TAC: symplectic Euler on a separable field
+    assert torch.allclose(exact["norm"] * exact["sigma_min"], torch.ones_like(exact["norm"]), rtol=1e-9)

@@ -191,3 +191,25 @@ def test_bench_conv_writes_its_table(tmp_path, capsys):
     assert "$ python scripts/bench_conv.py" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         load("bench_conv").main(["--depths", "0"])
+
+
+def test_mnist_conv_study_at_tiny_sizes(tmp_path, capsys, mnist_dir):
+    script = load("mnist_conv_study")
+    common = ["--out", str(tmp_path), "--data-dir", mnist_dir]
+    side = ["--part", "side", "--models", "ConvH2 CNN (", "ResidualCNN", "--epochs", "1", "--train-batches", "2"]
+    script.main([*common, *side, "--side-test", "64"])
+    rows = read_csv(tmp_path / "side_by_side.csv")
+    assert [r[0].split(" (")[0] for r in rows[1:]] == ["ConvH2 CNN", "ResidualCNN"]
+    assert int(rows[1][4]) == 72666 and float(rows[1][3]) > 0  # the config's CNN: its parameters
+    tiny = ["--depths", "2", "4", "--depth-steps", "2", "--depth-batch", "8", "--depth-test", "32", "--probe", "1"]
+    script.main([*common, "--part", "depth", *tiny, "--lanczos", "8", "--repeats", "1"])
+    rows = {int(r[0]): r for r in read_csv(tmp_path / "depth.csv")[1:]}
+    assert set(rows) == {2, 4} and float(rows[4][1]) == 1.0  # fixed T = 4
+    assert min(float(r[3]) for r in rows.values()) >= 1 - 1e-4  # ConvH2 + symplectic Euler: TAC's bound
+    assert float(rows[4][6]) == float(rows[2][6]) and float(rows[4][5]) > float(rows[2][5])  # reversible flat
+    for name in ("side_by_side.png", "depth.png", "side_by_side.md", "depth.md"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "$ python scripts/mnist_conv_study.py" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        script.main(["--t-end", "0"])
+    assert "--t-end must be > 0, got 0.0" in capsys.readouterr().err
