@@ -2,7 +2,7 @@
 
 hamode fit --config configs/mnist_h2.yaml
 hamode test --config configs/mnist_h2.yaml --ckpt_path best
-hamode fit --config configs/swiss_roll_h1.yaml --model.integrator=rk4 --trainer.max_epochs=5
+hamode fit --config configs/swiss_roll_h1.yaml --model.net.init_args.integrator=rk4 --trainer.max_epochs=5
 hamode compare --config configs/swiss_roll_h1.yaml --integrators euler,rk4 --seeds 3 --out outputs/compare
 
 Every run writes into its own folder ``<save_dir>/<name>/version_N`` (the logger's): the logs, the config,
