@@ -311,8 +311,9 @@ class StagedCNN(RecordsInitArgs, nn.Module):
     """The frame of the image models: stem, stages at decreasing resolution, transitions, pooling, head.
 
     A stem convolution (3x3, ``in_channels -> channels[0]``, stride ``stem_stride``), then the stages (built by the
-    subclass's :meth:`make_stage`), between stages a **non-Hamiltonian** transition that halves the resolution and changes the
-    channels (``"conv"``: a 3x3 convolution with stride 2; ``"pool"``: 2x2 average pooling and a 1x1 convolution),
+    subclass's :meth:`make_stage`), between stages a **non-Hamiltonian** transition that halves the resolution and
+    changes the channels (``"conv"``: a 3x3 convolution with stride 2; ``"pool"``: 2x2 average pooling and a 1x1
+    convolution),
     global average pooling and a linear head. With ``norm="batch"`` the stem and every transition are followed by
     batch normalisation and a ReLU (the non-linear, non-Hamiltonian part of the model, stated as such; without it
     the stem and the transitions are linear maps).
