@@ -175,7 +175,7 @@ class HDNNClassifier(L.LightningModule):
 
     def _set_all(self, integrator: str | None, substeps: int | None) -> None:
         for net, (name, k) in zip(self.hamiltonian_nets, self._train_discretisation):
-            net.set_integrator(integrator if integrator is not None else name, substeps if substeps else k)
+            net.set_integrator(integrator if integrator is not None else name, substeps if substeps is not None else k)
 
     def _check_eval(self, integrator, substeps) -> None:
         if not self.hamiltonian_nets:

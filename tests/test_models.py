@@ -406,3 +406,8 @@ def test_layer_sensitivity_is_exact_for_small_states_and_lanczos_for_images():
     assert torch.allclose(exact["sigma_min"], lanczos["sigma_min"], rtol=1e-6)
     assert (exact["norm"] >= 1 - 1e-12).all()  # TAC: symplectic Euler on a separable field
     assert torch.allclose(exact["norm"] * exact["sigma_min"], torch.ones_like(exact["norm"]), rtol=1e-9)
+
+
+def test_eval_substeps_zero_is_refused_not_ignored():
+    with pytest.raises(ValueError, match=r"substeps must be >= 1, got 0"):
+        HDNNClassifier(net=Toy2DClassifier("H2", dim=4, n_layers=2, h=0.5), eval_substeps=0)
