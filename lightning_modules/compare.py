@@ -391,6 +391,8 @@ def main(argv: list[str] | None = None) -> str:
         "--ckpt_path",
         "--model.net.init_args.integrator",
         "--model.net.init_args.substeps",
+        "--model.net.integrator",  # jsonargparse's short form of the same two
+        "--model.net.substeps",
         "--seed_everything",
         "--trainer.logger",
     ):

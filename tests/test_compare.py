@@ -105,7 +105,9 @@ def test_discretisations_are_checked():
         discretisations("torchdiffeq:dopri5", "1", "x")
 
 
-@pytest.mark.parametrize("flag", ["--model.net.init_args.integrator=rk4", "--ckpt_path=x", "--seed_everything=3"])
+@pytest.mark.parametrize(
+    "flag", ["--model.net.init_args.integrator=rk4", "--model.net.substeps=2", "--ckpt_path=x", "--seed_everything=3"]
+)
 def test_compare_refuses_what_it_sets_itself(flag, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--config", SWISS, "--integrators", "euler", "--out", str(tmp_path), flag])
