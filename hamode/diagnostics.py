@@ -212,7 +212,8 @@ def layer_sensitivity(
         rtol: Lanczos stopping tolerance.
 
     Returns:
-        ``{"layers": (L,), "norm": (L, *batch), "sigma_min": (L, *batch), "method": "exact" | "lanczos"}``.
+        ``{"layers": (L,), "norm": (L, *batch), "sigma_min": (L, *batch), "method": "exact" | "lanczos",
+        "matrices": the BSMs of :func:`backward_sensitivity` (exact) or None (lanczos)}``.
     """
     N = net.n_layers
     wanted = list(range(N + 1)) if layers is None else [int(j) for j in layers]
@@ -222,13 +223,13 @@ def layer_sensitivity(
     if size <= exact_limit:
         S = backward_sensitivity(net, y0, wanted)
         sv = torch.linalg.svdvals(S)
-        norm, smin, method = sv[..., 0], sv[..., -1], "exact"
+        norm, smin, method, matrices = sv[..., 0], sv[..., -1], "exact", S
     else:
         found = [sensitivity_norm_estimate(net, y0, j, max_iter=max_iter, rtol=rtol) for j in wanted]
         norm = torch.stack([f["norm"] for f in found])
         smin = torch.stack([f["sigma_min"] for f in found])
-        method = "lanczos"
-    return {"layers": torch.tensor(wanted), "norm": norm, "sigma_min": smin, "method": method}
+        method, matrices = "lanczos", None
+    return {"layers": torch.tensor(wanted), "norm": norm, "sigma_min": smin, "method": method, "matrices": matrices}
 
 
 def _ritz_extremes(alphas: list[Tensor], betas: list[Tensor], sizes: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from hamode.diagnostics import layer_sensitivity
 from hamode.models import hamiltonian_inputs
+from hamode.validation import check_int
 
 __all__ = ["LastCheckpoint", "NonFiniteGuard", "NonFiniteLossError", "PredictionWriter", "SensitivityMonitor"]
 
@@ -45,6 +46,7 @@ class SensitivityMonitor(L.Callback):
         super().__init__()
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        check_int("max_iter", max_iter, 1)
         self.every_n_steps, self.layers, self.probe_size, self.full_curve = (
             every_n_steps,
             layers,

@@ -164,7 +164,7 @@ def _diagnostics(model, x: torch.Tensor) -> dict[str, float]:
     """Over every Hamiltonian net of the model (each stage of a CNN): evaluations per forward (summed), min over
     layers j < N and probe samples of ‖∂y_N/∂y_j‖₂ (exact for small states, Lanczos for image states) and the
     largest symplecticity defect of ∂y_N/∂y_0 (exact states only; NaN for image states)."""
-    from hamode.diagnostics import backward_sensitivity, layer_sensitivity, symplecticity_defect
+    from hamode.diagnostics import layer_sensitivity, symplecticity_defect
     from hamode.models import hamiltonian_inputs
 
     inputs = hamiltonian_inputs(model.net, x)
@@ -178,8 +178,8 @@ def _diagnostics(model, x: torch.Tensor) -> dict[str, float]:
         found = layer_sensitivity(net, y0)
         norm = found["norm"].flatten(1)
         norms.append(float(norm[:-1].min()) if len(norm) > 1 else float(norm.min()))
-        if found["method"] == "exact":
-            S0 = backward_sensitivity(net, y0, [0])[0].flatten(0, -3)
+        if found["matrices"] is not None:  # exact: ∂y_N/∂y_0 is its first matrix
+            S0 = found["matrices"][0].flatten(0, -3)
             defects.append(float(symplecticity_defect(S0, net.field.J).max()))
         else:
             defects.append(float("nan"))

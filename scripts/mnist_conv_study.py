@@ -157,13 +157,26 @@ def side_by_side(args, folder: Path) -> None:
     _plot_side(rows, folder / "side_by_side.png")
 
 
-def _plot_side(rows, path: Path) -> None:
+def _axes(size: tuple[float, float]):
+    """A figure and its axes from matplotlib's file backend (imported here: only plotting needs it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    return plt.subplots(figsize=size)
+
+
+def _finish(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_side(rows, path: Path) -> None:
+    fig, ax = _axes((7, 4.5))
     for label, integrator, acc, sec, params, _ in rows:
         ax.scatter(sec, acc, s=30 + params / 1000)
         ax.annotate(
@@ -172,9 +185,7 @@ def _plot_side(rows, path: Path) -> None:
     ax.set_xlabel("training seconds per epoch")
     ax.set_ylabel("test accuracy %")
     ax.set_title("MNIST, same epochs (marker area ~ parameters)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, path)
 
 
 def depth_study(args, folder: Path) -> None:
@@ -232,12 +243,7 @@ def depth_study(args, folder: Path) -> None:
 
 
 def _plot_depth(curves, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = _axes((6.5, 4))
     for depth, (boundaries, mins) in curves.items():
         ax.plot([j / depth for j in boundaries], mins, marker="o", label=f"N = {depth}")
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
@@ -245,9 +251,7 @@ def _plot_depth(curves, path: Path) -> None:
     ax.set_ylabel("min over probe images of ‖∂y_N/∂y_j‖₂")
     ax.set_title("ConvH2 (symplectic Euler), MNIST, fixed T")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _finish(fig, path)
 
 
 def main(argv=None) -> None:

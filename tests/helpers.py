@@ -12,6 +12,19 @@ from hamode.fields.base import Field, SeparableMixin
 F64 = torch.float64
 
 
+class Batches:
+    """A fixed list of batches with a length: a training loader for the Lightning tests."""
+
+    def __init__(self, batches) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class HarmonicOscillator(SeparableMixin, Field):
     """H = (p² + q²)/2 per coordinate pair: dp/dt = -q, dq/dt = p. Exact flow is a rotation."""
 

@@ -192,17 +192,6 @@ def test_resume_mid_epoch_matches_uninterrupted(tmp_path):
         assert torch.equal(a, b), name
 
 
-class _Batches:
-    def __init__(self, batches):
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self):
-        return len(self.batches)
-
-
 class _NaNLossAt(HDNNClassifier):
     """A toy model whose loss turns NaN at the 4th training batch (finite inputs and weights: non-finite
     inputs are refused before they reach the net, see test_non_finite_inputs_are_refused...)."""

@@ -13,6 +13,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from helpers import Batches
 from torch import nn
 
 from hamode import HamiltonianNet
@@ -67,20 +68,9 @@ class Images(L.LightningDataModule):
         self.y = torch.randint(0, 3, (n,), generator=g)
 
     def train_dataloader(self):
-        return _Batches([(self.x[i : i + 16], self.y[i : i + 16]) for i in range(0, len(self.x), 16)])
+        return Batches([(self.x[i : i + 16], self.y[i : i + 16]) for i in range(0, len(self.x), 16)])
 
     val_dataloader = test_dataloader = train_dataloader
-
-
-class _Batches:
-    def __init__(self, batches):
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self):
-        return len(self.batches)
 
 
 # ------------------------------------------------------------ one system, any model
@@ -411,3 +401,36 @@ def test_layer_sensitivity_is_exact_for_small_states_and_lanczos_for_images():
 def test_eval_substeps_zero_is_refused_not_ignored():
     with pytest.raises(ValueError, match=r"substeps must be >= 1, got 0"):
         HDNNClassifier(net=Toy2DClassifier("H2", dim=4, n_layers=2, h=0.5), eval_substeps=0)
+
+
+def test_new_arguments_refuse_bad_values_by_name():
+    from hamode import make_field
+    from hamode.diagnostics import layer_sensitivity
+    from lightning_modules import SensitivityMonitor
+
+    with pytest.raises(ValueError, match=r"width must be >= 1, got 0"):
+        ResidualCNN(width=0)
+    net = HamiltonianNet(make_field("ConvH2", dim=4, n_layers=2), 0.4)
+    with pytest.raises(ValueError, match=r"exact_limit must be >= 1, got 0"):
+        layer_sensitivity(net, torch.randn(1, 4, 3, 3), exact_limit=0)
+    with pytest.raises(ValueError, match=r"max_iter must be >= 1, got 0"):
+        SensitivityMonitor(max_iter=0)
+
+
+def test_compare_diagnostics_equal_the_direct_computation():
+    """hamode compare's min norm and defect come from layer_sensitivity's matrices: the same numbers as the BSM."""
+    from hamode.diagnostics import backward_sensitivity, symplecticity_defect
+    from lightning_modules.compare import _diagnostics
+
+    torch.manual_seed(0)
+    model = HDNNClassifier(net=Toy2DClassifier("H2", dim=4, n_layers=3, h=0.5, init="normal").double())
+    x = torch.randn(5, 2, dtype=torch.float64)
+    found = _diagnostics(model, x)
+    net = model.hamiltonian_nets[0]
+    S = backward_sensitivity(net, model.net.embed(x))
+    norms = torch.linalg.matrix_norm(S, ord=2)
+    assert found["min_bsm_norm"] == pytest.approx(float(norms[:-1].min()), rel=1e-12)
+    assert found["symplecticity_defect"] == pytest.approx(
+        float(symplecticity_defect(S[0], net.field.J).max()), abs=1e-15
+    )
+    assert found["nfe_per_forward"] == 3

@@ -213,3 +213,6 @@ def test_mnist_conv_study_at_tiny_sizes(tmp_path, capsys, mnist_dir):
     with pytest.raises(SystemExit):
         script.main(["--t-end", "0"])
     assert "--t-end must be > 0, got 0.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--depth-lr", "-1"])
+    assert "--depth-lr must be > 0, got -1.0" in capsys.readouterr().err
