@@ -95,9 +95,11 @@ class _BufferSet:
 
 
 def _take_buffers(field, fw: dict[str, Tensor]) -> _BufferSet:
-    signature = tuple((k, v.shape, v.dtype, v.device) for k, v in fw.items())
+    # inference tensors (made under torch.inference_mode) cannot be written outside it, and the other way round
+    inference = torch.is_inference_mode_enabled()
+    signature = (inference, *((k, v.shape, v.dtype, v.device) for k, v in fw.items()))
     pool = field.__dict__.setdefault(POOL_ATTRIBUTE, {})
-    for key in [k for k in pool if k != signature]:  # the field changed dtype, device or shapes
+    for key in [k for k in pool if k != signature]:  # the field changed dtype, device, shapes or inference mode
         del pool[key]
     free = pool.get(signature)
     buffers = free.pop() if free else _BufferSet(field, fw, signature)

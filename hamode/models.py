@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .activations import get_activation
 from .architectures import architecture_info, list_architectures, make_field
-from .net import GradientMode, HamiltonianNet
+from .net import GradientMode, HamiltonianNet, OptionValue, SolverOptions
 from .validation import check_int
 
 ActivationName = Literal["tanh", "relu", "sigmoid"]
@@ -92,9 +92,9 @@ def build_net(
     width: int | None = None,
     weights: str = "piecewise",
     init: str = "default",
-    solver_options: dict[str, Any] | None = None,
+    solver_options: SolverOptions | None = None,
     images: bool = False,
-    field_options: dict[str, Any] | None = None,
+    field_options: dict[str, OptionValue] | None = None,
 ) -> HamiltonianNet:
     """A :class:`HamiltonianNet` from plain hyper-parameters (what configs and checkpoints store).
 
@@ -168,7 +168,7 @@ class Toy2DClassifier(RecordsInitArgs, nn.Module):
         width: int | None = None,
         weights: WeightsMode = "piecewise",
         init: InitMode = "default",
-        solver_options: dict[str, Any] | None = None,
+        solver_options: SolverOptions | None = None,
         positions: Sequence[int] | None = None,
         head: Literal["logit", "softmax"] = "logit",
     ) -> None:
@@ -252,7 +252,7 @@ class MNISTHDNN(RecordsInitArgs, nn.Module):
         width: int | None = None,
         weights: WeightsMode = "piecewise",
         init: InitMode = "default",
-        solver_options: dict[str, Any] | None = None,
+        solver_options: SolverOptions | None = None,
     ) -> None:
         super().__init__()
         check_int("channels", channels, 1)
@@ -431,7 +431,7 @@ class HamiltonianCNN(StagedCNN):
         stem_stride: int = 1,
         weights: WeightsMode = "piecewise",
         init: InitMode = "default",
-        solver_options: dict[str, Any] | None = None,
+        solver_options: SolverOptions | None = None,
     ) -> None:
         self._stage_args = dict(
             architecture=architecture,

@@ -17,11 +17,15 @@ from .grid import LayerGrid, Schedule
 from .integrators import Integrator, get_integrator, list_integrators
 from .validation import check_int
 
-__all__ = ["GRADIENT_MODES", "GradientMode", "HamiltonianNet", "Solution"]
+__all__ = ["GRADIENT_MODES", "GradientMode", "HamiltonianNet", "OptionValue", "Solution", "SolverOptions"]
 
 GRADIENT_MODES = ("backprop", "reversible", "adjoint")
 GradientMode = Literal["backprop", "reversible", "adjoint"]
 _CONTINUOUS_PREFIX = "torchdiffeq:"
+OptionValue = bool | int | float | str | list[float] | None
+"""A solver option's value: plain data only (a config or checkpoint can put nothing else there)."""
+SolverOptions = dict[str, OptionValue | dict[str, OptionValue]]
+"""``solver_options``: ``rtol``, ``atol``, ``method``, ... and torchdiffeq's nested ``options`` dict."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ class HamiltonianNet(nn.Module):
         integrator: str | Integrator | None = None,
         substeps: int = 1,
         gradient: GradientMode = "backprop",
-        solver_options: dict[str, Any] | None = None,
+        solver_options: SolverOptions | None = None,
         fast: bool = True,
     ) -> None:
         super().__init__()

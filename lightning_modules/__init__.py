@@ -1,10 +1,19 @@
 """The training system: LightningModule, DataModules, callbacks and the ``hamode`` CLI."""
 
-from .callbacks import LastCheckpoint, NonFiniteGuard, NonFiniteLossError, PredictionWriter, SensitivityMonitor
+from .callbacks import (
+    LastCheckpoint,
+    NonFiniteGuard,
+    NonFiniteLossError,
+    PredictionWriter,
+    SensitivityMonitor,
+    TrainingInterrupted,
+)
+from .checkpoints import CheckpointError, RunLockedError
 from .data import InMemoryLoader, MNISTDataModule, Toy2DDataModule
 from .module import HDNNClassifier, upgrade_model_config
 
 __all__ = [
+    "CheckpointError",
     "HDNNClassifier",
     "InMemoryLoader",
     "LastCheckpoint",
@@ -12,7 +21,9 @@ __all__ = [
     "NonFiniteGuard",
     "NonFiniteLossError",
     "PredictionWriter",
+    "RunLockedError",
     "SensitivityMonitor",
     "Toy2DDataModule",
+    "TrainingInterrupted",
     "upgrade_model_config",
 ]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+import signal
+import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,12 +14,20 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 
 from hamode.diagnostics import layer_sensitivity
 from hamode.models import hamiltonian_inputs
 from hamode.validation import check_int
 
-__all__ = ["LastCheckpoint", "NonFiniteGuard", "NonFiniteLossError", "PredictionWriter", "SensitivityMonitor"]
+__all__ = [
+    "LastCheckpoint",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "PredictionWriter",
+    "SensitivityMonitor",
+    "TrainingInterrupted",
+]
 
 
 class SensitivityMonitor(L.Callback):
@@ -102,21 +113,34 @@ class NonFiniteLossError(RuntimeError):
     """Training hit a NaN/Inf loss or gradient, or diverged; raised before the optimizer step could spread it."""
 
 
+def _detached_copy(value: Any) -> Any:
+    """A checkpoint dict with every tensor cloned (the live model and optimizer go on changing in place)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return type(value)((k, _detached_copy(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached_copy(v) for v in value)
+    return value
+
+
 class NonFiniteGuard(L.Callback):
     """Stops training with a clear message when the loss or a gradient is NaN/Inf, or the loss diverges.
 
     The loss is checked before the backward pass and the gradients before the optimizer step, so the
-    weights are never updated by a bad step. The guard keeps (in memory) the weights of the last step
-    whose loss was finite and not diverged; when it fires it writes them as ``last_finite.ckpt`` next to
-    the run's other checkpoints and names that file (``last.ckpt``, the last completed epoch, is left as
-    it was).
+    weights are never updated by a bad step. The guard keeps (in memory) the whole training state at the end of
+    the last batch whose weights then gave a finite, non-diverged loss: weights, optimizer and scheduler states,
+    step and loop position of one and the same moment. When it fires it writes that state as ``last_finite.ckpt``
+    next to the run's other checkpoints and names that file; ``hamode fit --ckpt_path <it> --model.lr=<smaller>``
+    resumes from there, replaying the batch that went wrong under the new lr (``last.ckpt``, the last completed
+    epoch, is left as it was).
 
     Args:
         divergence_factor: stop when a step's loss exceeds this factor times the running minimum of the
             smoothed loss (an exponential moving average; None: no divergence check, only NaN/Inf).
         smoothing: weight of the past in that moving average, in [0, 1).
-        keep_finite: keep a copy of the last good weights and write it when the guard fires (costs one
-            copy of the model's state per step; False: only stop).
+        keep_finite: keep a copy of the last good training state and write it when the guard fires (costs one
+            copy of the model's and optimizer's state per step; False: only stop).
     """
 
     FILENAME = "last_finite.ckpt"
@@ -132,7 +156,8 @@ class NonFiniteGuard(L.Callback):
         self.divergence_factor, self.smoothing, self.keep_finite = divergence_factor, float(smoothing), keep_finite
         self.smoothed: float | None = None
         self.running_min: float | None = None
-        self._good: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._pending: dict[str, Any] | None = None  # the state now, its weights not yet checked by a loss
+        self._good: dict[str, Any] | None = None  # the last state whose weights gave a finite loss
         self._loss: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
@@ -140,6 +165,22 @@ class NonFiniteGuard(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.smoothed, self.running_min = state_dict.get("smoothed"), state_dict.get("running_min")
+
+    def _snapshot(self, trainer) -> None:
+        """The training state as a checkpoint would hold it now (between two batches, where Lightning's own
+        step checkpoints are taken, so a resume from it continues exactly)."""
+        if self.keep_finite:
+            self._pending = _detached_copy(trainer._checkpoint_connector.dump_checkpoint(weights_only=False))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._pending = self._good = None
+        self._snapshot(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._snapshot(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._snapshot(trainer)  # after the epoch's validation: the state an epoch checkpoint holds
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         value = float(loss.detach())
@@ -158,8 +199,8 @@ class NonFiniteGuard(L.Callback):
         beta = self.smoothing
         self.smoothed = value if self.smoothed is None else beta * self.smoothed + (1 - beta) * value
         self.running_min = self.smoothed if self.running_min is None else min(self.running_min, self.smoothed)
-        if self.keep_finite:  # these weights gave a finite, non-diverged loss
-            self._good = (trainer.global_step, {k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+        if self._pending is not None:  # the weights of this state gave a finite, non-diverged loss
+            self._good, self._pending = self._pending, None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         for name, p in pl_module.named_parameters():
@@ -174,34 +215,51 @@ class NonFiniteGuard(L.Callback):
 
     def _stop(self, trainer, pl_module, why: str) -> None:
         kept = "no step had a finite loss yet, nothing was saved"
-        if self._good is not None and trainer.is_global_zero:
-            step, state = self._good
-            bad = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-            pl_module.load_state_dict(state)
+        if self._good is not None:
+            state = self._good
+            bad = [v for v in pl_module.state_dict().values() if v.is_floating_point()]
             path = self._where(trainer) / self.FILENAME
-            path.parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(path)
-            kept = f"the weights of step {step}, the last with a finite loss, are in {path}"
-            if not all(torch.isfinite(v).all() for v in bad.values() if v.is_floating_point()):
+            trainer.strategy.save_checkpoint(state, path)  # rank zero writes
+            pl_module.load_state_dict(state["state_dict"])
+            kept = f"the training state of step {state['global_step']}, the last with a finite loss, is in {path}"
+            if not all(torch.isfinite(v).all() for v in bad):
                 kept += " (the current weights are not finite: the model now holds the saved ones)"
         elif not self.keep_finite:
             kept = "keep_finite is off, nothing was saved"
         raise NonFiniteLossError(
             f"stopping at step {trainer.global_step} (epoch {trainer.current_epoch}): {why}. The weights were not "
-            f"updated by this step; {kept}. Try a smaller lr, a larger alpha or a smaller h."
+            f"updated by this step; {kept}. Try a smaller lr (resume from that file with --model.lr=...), a larger "
+            "alpha or a smaller h."
         )
 
 
-class LastCheckpoint(ModelCheckpoint):
-    """Writes ``last.ckpt`` at the end of every completed epoch, and on an interrupt (Ctrl-C, a crash),
-    whatever the validation metric did; the best-by-validation checkpoint is kept apart (``best.ckpt``).
+class TrainingInterrupted(SystemExit):
+    """Training was stopped by SIGINT (Ctrl-C) or SIGTERM after the batch in flight, with ``last.ckpt`` saved.
 
-    Not on a :class:`NonFiniteLossError`: then the guard has written ``last_finite.ckpt`` and ``last.ckpt``
-    stays the last completed epoch.
+    A ``SystemExit`` whose status is 128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as a shell
+    reports a process ended by that signal, so ``hamode fit ... && hamode test ...`` does not go on to test a
+    half-trained model."""
+
+    def __init__(self, signum: int, step: int, path: str | None) -> None:
+        self.signum, self.step, self.path = signum, step, path
+        super().__init__(128 + signum)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Writes ``last.ckpt`` at the end of every completed epoch and when training is interrupted by SIGINT
+    (Ctrl-C) or SIGTERM; the best-by-validation checkpoint is kept apart (``best.ckpt``).
+
+    An interrupt is never acted on in the middle of a step: the first SIGINT or SIGTERM lets the batch in flight
+    finish (its update applied and counted), then ``last.ckpt`` is saved at that batch boundary and training
+    stops with :class:`TrainingInterrupted` (exit status 130 / 143). Resuming from it (``--ckpt_path last``) gives
+    bit-identical weights to an uninterrupted run. A second Ctrl-C stops at once, without saving. A crash (any
+    other exception) writes nothing: ``last.ckpt`` only ever holds a state training can continue from exactly.
 
     Args:
         dirpath: folder of the checkpoints (None: ``<log_dir>/checkpoints``, the run's own folder).
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, dirpath: str | None = None) -> None:
         super().__init__(
@@ -211,12 +269,76 @@ class LastCheckpoint(ModelCheckpoint):
             save_top_k=1,
             save_last=False,
             enable_version_counter=False,
-            save_on_exception=True,
+            save_on_exception=False,
+        )
+        self._signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    # ------------------------------------------------------------ signals
+    def _on_signal(self, signum: int, frame) -> None:
+        if self._signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self._signal = signum
+        print(
+            f"\nhamode: {signal.Signals(signum).name} received: finishing the current batch, then saving last.ckpt "
+            "and stopping (Ctrl-C again stops at once, without saving)",
+            file=sys.stderr,
+            flush=True,
         )
 
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def _uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # after Lightning has put its own SIGTERM handler in place (and noted the handlers to restore at teardown)
+        self._signal = signal.SIGTERM if getattr(trainer, "received_sigterm", False) else None
+        self._install()
+        rank_zero_info("hamode: training; SIGINT (Ctrl-C) or SIGTERM stops after the current batch, last.ckpt saved")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._uninstall()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        self._uninstall()
+
+    def _stop_if_signalled(self, trainer) -> None:
+        asked = self._signal is not None
+        if trainer.world_size > 1:  # every process stops at the same batch
+            asked = trainer.strategy.reduce_boolean_decision(asked, all=False)
+        if not asked:
+            return
+        filepath = self.format_checkpoint_name(metrics=self._monitor_candidates(trainer))
+        self._save_checkpoint(trainer, filepath)
+        signum = self._signal if self._signal is not None else signal.SIGTERM
+        if trainer.is_global_zero:
+            print(
+                f"hamode: stopped by {signal.Signals(signum).name} after step {trainer.global_step} with the run's "
+                f"state saved in {filepath}; resume it with --ckpt_path last (or that file)",
+                file=sys.stderr,
+                flush=True,
+            )
+        self._uninstall()
+        raise TrainingInterrupted(signum, trainer.global_step, filepath)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._stop_if_signalled(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._stop_if_signalled(trainer)
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not isinstance(exception, NonFiniteLossError):
-            super().on_exception(trainer, pl_module, exception)
+        self._uninstall()
 
 
 class PredictionWriter(L.Callback):

@@ -14,7 +14,9 @@ epoch). ``--ckpt_path last`` / ``--ckpt_path best`` name those of the newest run
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -22,14 +24,26 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .callbacks import LastCheckpoint, NonFiniteGuard, PredictionWriter
-from .module import LEGACY_MODEL_KEYS, HDNNClassifier, upgrade_model_config
+from .checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    RunLock,
+    RunLockedError,
+    check_class_paths,
+    class_paths,
+    read_checkpoint,
+)
+from .module import FIXED_ON_RESUME, LEGACY_MODEL_KEYS, OPTIMIZER_HPARAMS, HDNNClassifier, upgrade_model_config
 
 NET_KEY = "net"
 """The injected model (``model.net``: ``class_path``, ``init_args``): a checkpoint fixes it, discretisation included."""
 EVALUATION_DISCRETISATION = ("eval_integrator", "eval_substeps")
-"""Hyper-parameters of evaluation only: the command line's values win over a checkpoint's."""
+"""Hyper-parameters of evaluation only: the command line's values, where given, win over a checkpoint's."""
+FIXED_MODEL_KEYS = ("n_classes",)
+"""Training-system hyper-parameters a checkpoint fixes (its metrics and head were made for them)."""
 CHECKPOINT_ALIASES = ("last", "best")
 """``--ckpt_path`` values that name a checkpoint of the config's newest run (``last.ckpt`` / ``best.ckpt``)."""
 LOG_DIR_PATTERN = re.compile(r"version_(\d+)$")
@@ -66,11 +80,19 @@ class HamodeCLI(LightningCLI):
     """LightningCLI with per-run checkpoints (best by validation accuracy, last completed epoch), the NaN /
     divergence guard always on, ``last``/``best`` checkpoint aliases, and checks that nothing asked is dropped.
 
-    With ``--ckpt_path FILE``, Lightning lays the checkpoint's hyper-parameters over the command line. hamode
-    keeps what was asked instead of silently dropping it: ``--model.eval_integrator`` / ``--model.eval_substeps``
-    given on the command line are honoured (and checked at start), and a config whose training discretisation
-    net (``model.net``: its class and every init argument, the discretisation among them) differs from the
-    checkpoint's is refused with the differences shown, unless ``--allow_discretisation_change=true``.
+    With ``--ckpt_path FILE`` nothing asked is dropped. The checkpoint is read as data; a class it names that is
+    neither one of hamode's models nor named by this command's config is refused before anything is imported.
+    The command's training hyper-parameters (lr, alpha, weight decays, lr_gamma) are used, each one that differs
+    from the checkpoint's printed, and on ``fit`` applied to the restored optimizer; a change of optimizer, lr
+    schedule or n_classes is refused. ``--model.eval_integrator`` / ``--model.eval_substeps`` given are honoured.
+    A net (``model.net``: its class and every init argument, the discretisation among them) that differs from the
+    checkpoint's is refused with the differences shown, unless ``--allow_discretisation_change=true``; so is data
+    split differently (the data module's ``SPLIT_KEYS``: dataset, size, seed, ...), which would evaluate on
+    training data, unless ``--allow_data_change=true``.
+
+    ``fit`` holds a lock on its run folder (a second process writing into it is refused) and writes every
+    checkpoint atomically; SIGINT/SIGTERM stop it after the batch in flight with ``last.ckpt`` saved and exit
+    status 130/143 (:class:`~lightning_modules.callbacks.LastCheckpoint`).
 
     A hamode <= 0.2 config (``model.task`` and the net's arguments on the training module) is refused with the
     upgraded ``model:`` block printed.
@@ -153,6 +175,8 @@ class HamodeCLI(LightningCLI):
             self._set_logger_version(cfg, f"{run.name}/{subcommand}_{k}")
             return
         self._set_logger_version(cfg, run.name)
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+            self._lock_run(subcommand, run)  # before touching its files: another process may be writing the run
         metrics = run / "metrics.csv"
         if metrics.is_file():  # the CSV logger starts its file afresh: keep the earlier epochs' rows
             n = 1
@@ -171,10 +195,24 @@ class HamodeCLI(LightningCLI):
         cfg = self.config[subcommand]
         self._resolve_alias(subcommand, cfg)
         ckpt_path = cfg.get("ckpt_path")
-        if not (ckpt_path and Path(ckpt_path).is_file()):
+        if not ckpt_path:
             return super()._parse_ckpt_path()
+        try:
+            checkpoint = read_checkpoint(ckpt_path)
+        except CheckpointError as e:
+            raise SystemExit(f"hamode {subcommand}: {e}") from None
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_instantiator"}
+        _refuse_legacy_checkpoint(subcommand, ckpt_path, hparams)
         asked = cfg["model"].clone()
-        _refuse_legacy_checkpoint(subcommand, ckpt_path)
+        # the classes this command's own config names (parsed, so imported already) are the only others allowed
+        trusted = {path for _, path in class_paths(asked) if isinstance(path, str)}
+        try:
+            check_class_paths(
+                ckpt_path, hparams, trusted, how=": if you trust it, name that class in the config's model.net"
+            )
+        except CheckpointError as e:
+            raise SystemExit(f"hamode {subcommand}: {e}") from None
+        self._check_data(subcommand, cfg, checkpoint)
         super()._parse_ckpt_path()  # replaces self.config
         cfg = self.config[subcommand]
         saved = cfg["model"]
@@ -191,10 +229,88 @@ class HamodeCLI(LightningCLI):
                 f"checkpoint {ckpt_path}:\n{lines}\n"
                 f"({hint}; --allow_discretisation_change=true takes the checkpoint's values)"
             )
-        for key in EVALUATION_DISCRETISATION:
-            if asked.get(key) is not None:
-                saved[key] = asked[key]
+        self._apply_asked(subcommand, ckpt_path, asked, saved)
         self._continue_run(subcommand, cfg)
+
+    def _apply_asked(self, subcommand: str, ckpt_path: str, asked, saved) -> None:
+        """The command's training-system hyper-parameters replace the checkpoint's (printed where they differ);
+        those a checkpoint fixes are refused when they differ."""
+        fixed = (*FIXED_MODEL_KEYS, *(FIXED_ON_RESUME if subcommand == "fit" else ()))
+        refused = [(k, asked.get(k), saved.get(k)) for k in fixed if asked.get(k) != saved.get(k)]
+        if refused:
+            lines = "\n".join(f"  model.{k}: asked {a!r}, checkpoint {b!r}" for k, a, b in refused)
+            verb = "resumed" if subcommand == "fit" else "used"
+            raise SystemExit(
+                f"hamode {subcommand}: the checkpoint {ckpt_path} cannot be {verb} with:\n{lines}\n(its optimizer "
+                "state, schedule and metrics were made for the checkpoint's values: keep them, or start a new run)"
+            )
+        applied = []
+        for key in (*OPTIMIZER_HPARAMS, "alpha"):
+            if key in FIXED_ON_RESUME or asked.get(key) == saved.get(key):
+                continue
+            applied.append((key, asked.get(key), saved.get(key)))
+            saved[key] = asked.get(key)
+        for key in EVALUATION_DISCRETISATION:
+            if asked.get(key) is not None and asked.get(key) != saved.get(key):
+                applied.append((key, asked[key], saved.get(key)))
+                saved[key] = asked[key]
+        if subcommand != "fit":  # the training hyper-parameters do not change an evaluation: only say the rest
+            applied = [a for a in applied if a[0] in EVALUATION_DISCRETISATION]
+        for key, a, b in applied:
+            print(f"hamode {subcommand}: model.{key} = {a!r} (the checkpoint has {b!r})", flush=True)
+
+    def _check_data(self, subcommand: str, cfg, checkpoint: dict[str, Any]) -> None:
+        """Refuse data split differently from the checkpoint's (a test on training images), unless allowed."""
+        saved = checkpoint.get("datamodule_hyper_parameters")
+        data = cfg.get("data")
+        if not isinstance(saved, dict) or data is None or cfg.get("allow_data_change"):
+            return
+        data = data.as_dict() if hasattr(data, "as_dict") else dict(data)
+        init = data.get("init_args") or {}
+        module, _, name = str(data.get("class_path", "")).rpartition(".")
+        try:
+            split_keys = getattr(getattr(__import__(module, fromlist=[name]), name), "SPLIT_KEYS", ())
+        except (ImportError, AttributeError, ValueError):
+            split_keys = ()
+        missing = object()
+        differ = [
+            (k, init.get(k), saved.get(k, "(none)"))
+            for k in split_keys
+            if saved.get(k, missing) is missing or init.get(k) != saved.get(k)
+        ]
+        if differ:
+            lines = "\n".join(f"  data.init_args.{k}: asked {a!r}, checkpoint {b!r}" for k, a, b in differ)
+            raise SystemExit(
+                f"hamode {subcommand}: the data is split differently from the checkpoint's ({cfg['ckpt_path']}):\n"
+                f"{lines}\n(its training and test sets would overlap the checkpoint's; --allow_data_change=true "
+                "uses the asked data anyway)"
+            )
+
+    # ------------------------------------------------------------ one writer per run folder
+    def _lock_run(self, subcommand: str, folder: Path) -> None:
+        if getattr(self, "_run_lock", None) is not None:
+            return
+        try:
+            self._run_lock = RunLock(folder).acquire()
+        except RunLockedError as e:
+            raise SystemExit(f"hamode {subcommand}: {e}") from None
+
+    def before_fit(self) -> None:
+        folder = self.trainer.log_dir
+        if folder and self.trainer.is_global_zero:
+            new = not Path(folder).exists()
+            self._lock_run("fit", Path(folder))
+            if new:  # the folder holds only the lock: the logger's "not empty" warning would be about it
+                warnings.filterwarnings("ignore", message=rf"Experiment logs directory {re.escape(folder)} exists.*")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:  # however the command ends (an error, the NaN guard, a signal): the folder is free again
+            lock = getattr(self, "_run_lock", None)
+            if lock is not None:
+                lock.release()
+                self._run_lock = None
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -202,6 +318,12 @@ class HamodeCLI(LightningCLI):
             type=bool,
             default=False,
             help="with --ckpt_path: take the checkpoint's discretisation where the config asks for another one",
+        )
+        parser.add_argument(
+            "--allow_data_change",
+            type=bool,
+            default=False,
+            help="with --ckpt_path: use data split differently from the checkpoint's (its dataset, size or seed)",
         )
         from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -226,6 +348,8 @@ class HamodeCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # a user's own plugin is kept
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         subcommand = self.config.get("subcommand")
         cfg = self.config[subcommand] if subcommand else self.config
         # last.ckpt (every completed epoch, and on an interrupt) in the same folder as best.ckpt
@@ -305,10 +429,7 @@ def _refuse_legacy_config(argv: list[str]) -> None:
             )
 
 
-def _refuse_legacy_checkpoint(subcommand: str, path: str) -> None:
-    import torch
-
-    hparams = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+def _refuse_legacy_checkpoint(subcommand: str, path: str, hparams: dict[str, Any]) -> None:
     if "task" in hparams and NET_KEY not in hparams:
         raise SystemExit(
             f"hamode {subcommand}: the checkpoint {path} was written by hamode <= 0.2 (model.task="
@@ -316,9 +437,19 @@ def _refuse_legacy_checkpoint(subcommand: str, path: str) -> None:
         )
 
 
+def safe_parsing() -> None:
+    """jsonargparse settings for every parser hamode makes: a ``class_path`` inside a free-form (``Any``) value
+    stays data and is never instantiated, and jsonargparse's import denylist (``os``, ``subprocess``, ``builtins``'
+    ``eval``/``exec``, ...) is enforced, not only warned about."""
+    from jsonargparse import set_parsing_settings
+
+    set_parsing_settings(instantiate_subclass_spec_in_any=False, import_path_denylist=[])
+
+
 def cli(args: list[str] | None = None, run: bool = True) -> HamodeCLI:
     """Build (and with ``run=True`` run) the CLI; returns it (tests use ``run=False``)."""
     quiet_lightning()
+    safe_parsing()
     return HamodeCLI(
         HDNNClassifier,
         L.LightningDataModule,
@@ -340,7 +471,12 @@ def main(args: list[str] | None = None) -> None:
 
         compare_main(argv[1:])
         return
-    cli(args)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        cli(args)
+    except SIGTERMException:  # Lightning's own (outside training): a SystemExit without a status, i.e. 0
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 if __name__ == "__main__":  # python -m lightning_modules.cli

@@ -195,6 +195,9 @@ class Toy2DDataModule(_InMemoryDataModule):
     """
 
     n_classes = 2
+    SPLIT_KEYS = ("dataset", "n_samples", "noise", "seed", "val_fraction")
+    """The arguments that decide which points are training, validation and test points: a checkpoint is used only
+    with the same values (``hamode --ckpt_path`` refuses others unless ``--allow_data_change=true``)."""
 
     def __init__(
         self,
@@ -242,6 +245,8 @@ class MNISTDataModule(_InMemoryDataModule):
     """
 
     n_classes = 10
+    SPLIT_KEYS = ("val_split", "seed")
+    """The arguments that decide which training images are held out for validation (see Toy2DDataModule)."""
 
     def __init__(
         self,

@@ -4,8 +4,11 @@ H-DNN, the Hamiltonian CNN, the 2-D classifier and a user's own ``nn.Module`` ar
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -17,10 +20,18 @@ from torchmetrics.classification import Accuracy
 from hamode import HamiltonianNet, list_integrators
 from hamode.models import hamiltonian_nets
 
-__all__ = ["LEGACY_MODEL_KEYS", "HDNNClassifier", "upgrade_model_config"]
+from .checkpoints import CheckpointError, build_net, check_class_paths, read_checkpoint
+
+__all__ = ["LEGACY_MODEL_KEYS", "OPTIMIZER_HPARAMS", "HDNNClassifier", "upgrade_model_config"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("exponential", "onecycle", "cosine", "none")
+OPTIMIZER_HPARAMS = ("optimizer", "lr", "weight_decay", "hdnn_weight_decay", "lr_schedule", "lr_gamma")
+"""The hyper-parameters that shape the optimizer and its schedule. On a resume their values in the model (the
+command line's) are applied to the restored optimizer state; ``optimizer`` and ``lr_schedule`` cannot change."""
+FIXED_ON_RESUME = ("optimizer", "lr_schedule")
+LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+"""The learning rates a param group may hold (the schedules keep their base values there too)."""
 LEGACY_MODEL_KEYS = (
     "task",
     "architecture",
@@ -143,8 +154,7 @@ class HDNNClassifier(L.LightningModule):
         if isinstance(self.hparams.get("net"), nn.Module):  # built in Python, not from a config
             config = getattr(net, "init_config", None)
             if config is not None:  # hamode's models record their arguments: the checkpoint can rebuild the net
-                self.hparams["net"] = config
-                self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+                self.hparams["net"] = config  # plain data: load_from_checkpoint builds the net from it, nothing more
             else:  # a user's module: load_from_checkpoint(path, net=...) rebuilds it
                 del self.hparams["net"]
         self.net = net
@@ -154,6 +164,108 @@ class HDNNClassifier(L.LightningModule):
         self.n_classes = n_classes if n_classes is not None else getattr(net, "n_classes", None)
         if self.n_classes is not None:
             self._make_metrics()
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | os.PathLike,
+        map_location: Any = None,
+        hparams_file: str | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        *,
+        trusted: Sequence[type | str] = (),
+        **kwargs: Any,
+    ) -> HDNNClassifier:
+        """The training system saved in ``checkpoint_path``, rebuilt from the checkpoint read as data.
+
+        The net is rebuilt from the checkpoint's ``net`` block (``class_path``, ``init_args``) only when its class
+        is one of hamode's models or is named in ``trusted``; its arguments must be plain data. Nothing else in the
+        checkpoint is instantiated or imported: a checkpoint naming any other class is refused
+        (:class:`~lightning_modules.checkpoints.CheckpointError`) before anything runs. For a user's own module
+        pass ``net=<the model>`` (its weights are then loaded from the checkpoint).
+
+        Args:
+            checkpoint_path: the ``.ckpt`` file.
+            map_location: where the tensors go (``torch.load``'s argument; None: the CPU).
+            hparams_file: not supported (the checkpoint's own hyper-parameters are used); must be None.
+            strict: whether the state dict must match the model's keys exactly (None: True).
+            weights_only: must be None or True: checkpoints are read as data, never unpickled as objects.
+            trusted: further classes (or their import paths) the checkpoint's ``net`` may name.
+            **kwargs: hyper-parameters that replace the checkpoint's (``net=``, ``eval_integrator=``, ...).
+        """
+        if hparams_file is not None:
+            raise ValueError("hparams_file is not supported: hamode uses the checkpoint's own hyper-parameters")
+        if weights_only is False:
+            raise ValueError(
+                "weights_only=False is refused: hamode reads checkpoints as data only (an unpickled object can run "
+                "code); a checkpoint written by hamode loads with weights_only=True"
+            )
+        source = str(checkpoint_path)
+        checkpoint = read_checkpoint(checkpoint_path, map_location if map_location is not None else "cpu")
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_instantiator"}
+        if "task" in hparams and "net" not in hparams:
+            raise CheckpointError(
+                f"checkpoint {source} was written by hamode <= 0.2 (task={hparams['task']!r}); its weights belong to "
+                "the old module layout and cannot be loaded by this version"
+            )
+        how = ": pass trusted=[TheClass] (or net=<the model>) to load it"
+        check_class_paths(source, {k: v for k, v in hparams.items() if k != "net"}, trusted, how)
+        net = kwargs.pop("net", None)
+        if net is None:
+            net = build_net(hparams.get("net"), source, trusted)
+        names = set(inspect.signature(cls.__init__).parameters) - {"self", "net"}
+        model = cls(net=net, **{**{k: v for k, v in hparams.items() if k in names}, **kwargs})
+        model.on_load_checkpoint(checkpoint)
+        model.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
+        return model
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning's CLI names a function to build the model with; hamode's loader builds it from data and never
+        # calls a function a checkpoint names, so the checkpoint does not carry one
+        checkpoint.get("hyper_parameters", {}).pop("_instantiator", None)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters", {})
+        # the optimizer and schedule hyper-parameters its optimizer state was made with (applied in on_train_start)
+        self._restored_optimizer_hparams = {k: saved[k] for k in OPTIMIZER_HPARAMS if k in saved}
+
+    def on_train_start(self) -> None:
+        restored = getattr(self, "_restored_optimizer_hparams", None)
+        if restored:
+            self._apply_to_restored_optimizer(restored)
+        self._restored_optimizer_hparams = None
+
+    def _apply_to_restored_optimizer(self, restored: dict[str, Any]) -> None:
+        """A resumed fit restores the optimizer and scheduler states of the checkpoint, hyper-parameters
+        included; this puts the model's own (the command line's) back into them: the learning rates are scaled by
+        new lr / checkpoint lr (the schedule continues from where it was, on the new base), the weight decays and
+        the exponential decay factor are set. The optimizer and the schedule kind cannot change on a resume."""
+        hp = self.hparams
+        for key in FIXED_ON_RESUME:
+            if key in restored and restored[key] != hp[key]:
+                raise ValueError(
+                    f"resuming a run trained with {key}={restored[key]!r} under {key}={hp[key]!r}: the restored "
+                    f"optimizer state cannot be carried over to another {key}; keep {key}={restored[key]!r} "
+                    "or start a new run"
+                )
+        ratio = hp.lr / restored["lr"] if "lr" in restored and restored["lr"] != hp.lr else None
+        decays = (hp.weight_decay, hp.hdnn_weight_decay)
+        for optimizer in self.trainer.optimizers:
+            for group, decay in zip(optimizer.param_groups, decays):
+                group["weight_decay"] = decay
+                if ratio is not None:
+                    for key in LR_KEYS:
+                        if key in group:
+                            group[key] *= ratio
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if ratio is not None:
+                for attr in ("base_lrs", "_last_lr"):
+                    if hasattr(scheduler, attr):
+                        setattr(scheduler, attr, [lr * ratio for lr in getattr(scheduler, attr)])
+            if isinstance(scheduler, torch.optim.lr_scheduler.ExponentialLR):
+                scheduler.gamma = hp.lr_gamma
 
     def _make_metrics(self) -> None:
         metric = {"task": "multiclass", "num_classes": self.n_classes}

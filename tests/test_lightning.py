@@ -206,18 +206,36 @@ class _NaNLossAt(HDNNClassifier):
 
 
 def test_nonfinite_guard_stops_and_keeps_the_last_finite_weights(tmp_path):
+    """last_finite.ckpt is one moment: the weights after step 2 (the last to give a finite loss), the optimizer
+    state of step 2 and global_step 2 (it paired those weights with the step-3 Adam state and global_step 3)."""
     from lightning_modules import LastCheckpoint, NonFiniteGuard
+
+    weights = {}
+
+    class Spy(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *a):
+            weights[trainer.global_step] = {k: v.clone() for k, v in pl_module.state_dict().items()}
 
     L.seed_everything(0)
     model = _toy(_NaNLossAt)
     trainer = _trainer(
-        tmp_path, max_epochs=1, callbacks=[NonFiniteGuard(), LastCheckpoint(dirpath=tmp_path)], num_sanity_val_steps=0
+        tmp_path,
+        max_epochs=1,
+        callbacks=[Spy(), NonFiniteGuard(), LastCheckpoint(dirpath=tmp_path)],
+        num_sanity_val_steps=0,
     )
     data = Toy2DDataModule("double_moons", n_samples=600, batch_size=50)
-    expected = rf"stopping at step 3 \(epoch 0\): the loss is nan.*weights of step 2.*{tmp_path / 'last_finite.ckpt'}"
+    expected = (
+        rf"stopping at step 3 \(epoch 0\): the loss is nan.*training state of step 2, the last with a finite loss, "
+        rf"is in {tmp_path / 'last_finite.ckpt'}"
+    )
     with pytest.raises(NonFiniteLossError, match=expected):
         trainer.fit(model, data)
     state = torch.load(tmp_path / "last_finite.ckpt", weights_only=True)
+    assert state["global_step"] == 2
+    assert all(torch.equal(state["state_dict"][k], v) for k, v in weights[2].items())
+    adam_steps = {float(s["step"]) for s in state["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {2.0}  # the optimizer state of the same moment
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not (tmp_path / "last.ckpt").exists()  # no epoch completed; the NaN is no interrupt to save
@@ -647,19 +665,36 @@ def test_decompression_is_capped():
         gunzip_limited(gzip.compress(b"abcdef" * 100)[:-12], 10_000)
 
 
-def test_last_ckpt_is_written_on_an_interrupt(tmp_path):
-    from lightning_modules import LastCheckpoint
+def test_last_ckpt_is_written_at_the_batch_boundary_after_a_sigint(tmp_path):
+    """A real SIGINT in the middle of training: the batch finishes, last.ckpt holds its state, and the fit ends
+    with TrainingInterrupted (exit status 130); a crash that is not a signal writes no last.ckpt."""
+    import signal
+
+    from lightning_modules import LastCheckpoint, TrainingInterrupted
 
     class Interrupt(L.Callback):
-        def on_train_batch_end(self, trainer, *a):
+        def on_before_optimizer_step(self, trainer, *a):
             if trainer.global_step == 7:
-                raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGINT)  # in the middle of step 8: it is finished first
 
     L.seed_everything(0)
     trainer = _trainer(tmp_path, max_epochs=3, callbacks=[Interrupt(), LastCheckpoint(dirpath=tmp_path)])
-    with pytest.raises(SystemExit):  # Lightning's graceful shutdown on Ctrl-C: on_exception hooks, then exit 1
+    with pytest.raises(TrainingInterrupted) as e:
         trainer.fit(_toy(), Toy2DDataModule("double_moons", n_samples=600, batch_size=50))
-    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 7
+    assert e.value.code == 130 and e.value.step == 8
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 8
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+    class Crash(L.Callback):
+        def on_train_batch_end(self, trainer, *a):
+            if trainer.global_step == 3:
+                raise _Crash
+
+    trainer = _trainer(tmp_path / "crash", max_epochs=3, callbacks=[Crash(), LastCheckpoint(dirpath=tmp_path / "c")])
+    with pytest.raises(_Crash):
+        trainer.fit(_toy(), Toy2DDataModule("double_moons", n_samples=600, batch_size=50))
+    assert not (tmp_path / "c/last.ckpt").exists()
 
 
 def test_tensorboard_logger_and_rich_progress_bar_extras(tmp_path, monkeypatch):

