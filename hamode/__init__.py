@@ -4,10 +4,10 @@ A field (the ODE right-hand side ``dy/dt = J ∇H``), an integrator (the
 discretisation) and a layer grid make a :class:`HamiltonianNet`.
 """
 
-from . import diagnostics, fields, integrators
+from . import diagnostics, engines, fields, integrators
 from .activations import get_activation, list_activations
 from .architectures import architecture_info, list_architectures, make_field, register_architecture
-from .continuous import list_torchdiffeq_methods
+from .engines import list_torchdiffeq_methods
 from .fields import (
     AutogradHamiltonianField,
     AutogradSeparableField,
@@ -65,6 +65,7 @@ __all__ = [
     "SplittingMethod",
     "architecture_info",
     "diagnostics",
+    "engines",
     "fields",
     "get_activation",
     "get_integrator",

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Activation", "get_activation", "list_activations"]
+__all__ = ["Activation", "ActivationName", "get_activation", "list_activations"]
 
 
 def _log_cosh(x: Tensor) -> Tensor:
@@ -82,6 +84,11 @@ _ACTIVATIONS = {
     ),
     "sigmoid": Activation("sigmoid", torch.sigmoid, _softplus, _sigmoid_prime, 0.25, _sigmoid_backprop, torch.sigmoid_),
 }
+
+
+ActivationName = Literal["tanh", "relu", "sigmoid"]
+"""The names of the built-in activations (the choices a config's ``activation`` takes)."""
+assert set(typing.get_args(ActivationName)) == set(_ACTIVATIONS)
 
 
 def list_activations() -> list[str]:

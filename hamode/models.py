@@ -3,26 +3,29 @@ ResNet baseline; helpers that find the Hamiltonian nets inside any model."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import itertools
+import typing
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from .activations import get_activation
+from .activations import ActivationName, get_activation
 from .architectures import architecture_info, list_architectures, make_field
+from .fields.base import InitMode, WeightsMode
 from .net import GradientMode, HamiltonianNet, OptionValue, SolverOptions
 from .validation import check_int
 
-ActivationName = Literal["tanh", "relu", "sigmoid"]
-WeightsMode = Literal["piecewise", "constant", "linear"]
-InitMode = Literal["default", "normal"]
-
 __all__ = [
     "MNISTHDNN",
+    "NET_ARGUMENT_HELP",
     "HamiltonianCNN",
+    "NetArguments",
     "RecordsInitArgs",
     "ResidualBlocks",
     "ResidualCNN",
@@ -31,7 +34,9 @@ __all__ = [
     "build_net",
     "hamiltonian_inputs",
     "hamiltonian_nets",
+    "net_arguments",
     "resolve_t_end",
+    "takes_net_arguments",
 ]
 
 
@@ -79,28 +84,68 @@ def resolve_t_end(n_layers: int, t_end: float | None, h: float | None) -> float:
     return t_end
 
 
+@dataclass(frozen=True)
+class NetArguments:
+    """The arguments of a model's Hamiltonian net: one schema (names, types with their ``Literal`` choices, defaults
+    and, in :data:`NET_ARGUMENT_HELP`, help) that :func:`build_net` and every model take, through
+    :func:`takes_net_arguments`. A new argument is added here and in the help, nowhere else."""
+
+    architecture: str = "H2"
+    n_layers: int = 4
+    t_end: float | None = None
+    h: float | None = None
+    integrator: str | None = None
+    substeps: int = 1
+    gradient: GradientMode = "backprop"
+    activation: ActivationName = "tanh"
+    width: int | None = None
+    weights: WeightsMode = "piecewise"
+    init: InitMode = "default"
+    solver_options: SolverOptions | None = None
+
+
+NET_ARGUMENT_HELP: dict[str, str] = {
+    "architecture": "the Hamiltonian field, one of {ARCHITECTURES}.",
+    "n_layers": "layers N.",
+    "t_end": "final time T of the flow (give t_end or h, not both).",
+    "h": "layer step, T = n_layers * h (give t_end or h, not both).",
+    "integrator": (
+        "the discretisation, one of {INTEGRATORS}, or ``torchdiffeq:<method>`` (e.g. torchdiffeq:dopri5), or None "
+        "for the architecture's default."
+    ),
+    "substeps": "integrator steps per layer (>= 1).",
+    "gradient": (
+        "``backprop`` (through the steps), ``reversible`` (O(1) memory: states rebuilt by the inverse step; "
+        "invertible rules only) or ``adjoint`` (torchdiffeq's adjoint solve)."
+    ),
+    "activation": "the activation σ of the field.",
+    "width": "hidden size m of K (None: the architecture's default).",
+    "weights": (
+        "``piecewise`` (one weight set per layer, the papers), ``constant`` (a time-invariant ODE) or ``linear`` "
+        "(interpolated between N + 1 nodes)."
+    ),
+    "init": "``default`` (N(0, 1/fan_in) matrices) or ``normal`` (N(0, 1), the papers' 2-D recipe).",
+    "solver_options": "options of a torchdiffeq solve, e.g. {{rtol: 1e-4, atol: 1e-5}}.",
+}
+"""Help of each :class:`NetArguments` field (``{ARCHITECTURES}`` and ``{INTEGRATORS}`` are filled from the
+registries when the models' docs are made)."""
+
+
 def build_net(
-    architecture: str,
     dim: int,
-    n_layers: int,
-    t_end: float | None = None,
-    h: float | None = None,
-    integrator: str | None = None,
-    substeps: int = 1,
-    gradient: str = "backprop",
-    activation: str = "tanh",
-    width: int | None = None,
-    weights: str = "piecewise",
-    init: str = "default",
-    solver_options: SolverOptions | None = None,
+    args: NetArguments,
     images: bool = False,
     field_options: dict[str, OptionValue] | None = None,
 ) -> HamiltonianNet:
-    """A :class:`HamiltonianNet` from plain hyper-parameters (what configs and checkpoints store).
+    """A :class:`HamiltonianNet` on states of size ``dim`` from the plain hyper-parameters ``args`` (what configs
+    and checkpoints store).
 
     ``images``: whether the caller feeds image states ``(B, C, H, W)``; an image architecture (ConvH1, ConvH2) is
     refused otherwise, and a dense one when it is set. ``field_options``: further arguments of the field class
     (``kernel_size``, ...)."""
+    if not isinstance(args, NetArguments):
+        raise TypeError(f"args must be a NetArguments, got {type(args).__name__}")
+    architecture = args.architecture
     image_field = architecture_info(architecture).field_class.state_rank == 3
     if image_field != images:
         kind = "an image" if images else "a dense"
@@ -113,64 +158,108 @@ def build_net(
     field = make_field(
         architecture,
         dim=dim,
-        n_layers=n_layers,
-        width=width,
-        activation=activation,
-        weights=weights,
-        init=init,
+        n_layers=args.n_layers,
+        width=args.width,
+        activation=args.activation,
+        weights=args.weights,
+        init=args.init,
         **(field_options or {}),
     )
     return HamiltonianNet(
         field,
-        resolve_t_end(n_layers, t_end, h),
-        integrator=integrator,
-        substeps=substeps,
-        gradient=gradient,
-        solver_options=solver_options,
+        resolve_t_end(args.n_layers, args.t_end, args.h),
+        integrator=args.integrator,
+        substeps=args.substeps,
+        gradient=args.gradient,
+        solver_options=args.solver_options,
     )
 
 
+def takes_net_arguments(
+    *, first: tuple[str, ...] = (), after: str | None = None, exclude: tuple[str, ...] = (), **defaults: Any
+):
+    """Class decorator: the model's ``__init__(self, <own arguments>, **net)`` takes the :class:`NetArguments` too.
+
+    Its public signature (what ``inspect.signature``, jsonargparse's ``--help`` and configs see) is the model's own
+    arguments with the schema's inserted: ``first`` at the front, the others after the own argument ``after``
+    (``exclude``: schema fields the model does not take; ``defaults``: the model's own defaults for schema fields).
+    The wrapped ``__init__`` receives the schema's values in ``**net``; their help is added to the class
+    docstring's Args from :data:`NET_ARGUMENT_HELP`."""
+    hints = typing.get_type_hints(NetArguments)
+    schema = {f.name: f for f in dataclasses.fields(NetArguments) if f.name not in exclude}
+    unknown = set(defaults) - set(schema)
+    if unknown:
+        raise TypeError(f"takes_net_arguments: no net argument {', '.join(sorted(unknown))}")
+
+    def parameter(name: str) -> inspect.Parameter:
+        default = defaults.get(name, schema[name].default)
+        return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=hints[name])
+
+    def deco(cls):
+        init = cls.__init__
+        own = [p for p in inspect.signature(init).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        cut = 1 if after is None else [p.name for p in own].index(after) + 1
+        rest = [n for n in schema if n not in first]
+        public = inspect.signature(init).replace(
+            parameters=[own[0], *map(parameter, first), *own[1:cut], *map(parameter, rest), *own[cut:]]
+        )
+        names = [*first, *rest]
+
+        @functools.wraps(init)
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            bound = public.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            values = dict(list(bound.arguments.items())[1:])
+            init(self, **{k: v for k, v in values.items() if k not in names}, **{k: values[k] for k in names})
+
+        __init__.__signature__ = public  # type: ignore[attr-defined]
+        cls.__init__ = __init__
+        cls.__doc__ = _with_net_help(cls.__doc__ or "", first, rest, after)
+        return cls
+
+    return deco
+
+
+def net_arguments(values: dict[str, Any]) -> NetArguments:
+    """The :class:`NetArguments` among a model's ``**net`` (the schema fields it excludes keep their defaults)."""
+    return NetArguments(**{k: v for k, v in values.items() if k in NetArguments.__dataclass_fields__})
+
+
+def _with_net_help(doc: str, first: tuple[str, ...], rest: list[str], after: str | None) -> str:
+    """The docstring with the schema's entries in its Args block (``first`` at its top, ``rest`` after ``after``)."""
+    lines = doc.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.strip() == "Args:")
+    indent = " " * (len(lines[start + 1]) - len(lines[start + 1].lstrip()))
+
+    def entries(names) -> list[str]:
+        return [f"{indent}{n}: {NET_ARGUMENT_HELP[n]}" for n in names]
+
+    at = start + 1
+    if after is not None:
+        at = next(i for i in range(start + 1, len(lines)) if lines[i].startswith(f"{indent}{after}:")) + 1
+        while at < len(lines) and lines[at].startswith(indent + " "):  # the entry's continuation lines
+            at += 1
+    lines[at:at] = entries(rest)
+    lines[start + 1 : start + 1] = entries(first)
+    return "\n".join(lines)
+
+
+@takes_net_arguments(first=("architecture",), after="dim", architecture="H1_J1", n_layers=16)
 class Toy2DClassifier(RecordsInitArgs, nn.Module):
     """2-D points -> zero-padded state of size ``dim`` -> H-DNN -> linear head.
 
     Args:
-        architecture: the Hamiltonian field, one of {DENSE}.
         dim: state size n (>= 2; the papers use 4).
-        n_layers: layers N.
-        t_end: final time T of the flow (give t_end or h, not both).
-        h: layer step, T = n_layers * h (give t_end or h, not both).
-        integrator: the discretisation, one of {INTEGRATORS}, or ``torchdiffeq:<method>`` (e.g.
-            torchdiffeq:dopri5), or None for the architecture's default.
-        substeps: integrator steps per layer (>= 1).
-        gradient: ``backprop`` (through the steps), ``reversible`` (O(1) memory: states rebuilt by the inverse
-            step; invertible rules only) or ``adjoint`` (torchdiffeq's adjoint solve).
-        activation: the activation σ of the field.
-        width: hidden size m of K (None: the architecture's default).
-        weights: ``piecewise`` (one weight set per layer, the papers), ``constant`` (a time-invariant ODE) or
-            ``linear`` (interpolated between N + 1 nodes).
-        init: ``default`` (N(0, 1/fan_in) matrices) or ``normal`` (N(0, 1), the papers' 2-D recipe).
-        solver_options: options of a torchdiffeq solve, e.g. {{rtol: 1e-4, atol: 1e-5}}.
         positions: where the two input features go in the state (default: the first two).
         head: ``"logit"`` (one output, logistic loss: the papers) or ``"softmax"`` (two outputs).
     """
 
     def __init__(
         self,
-        architecture: str = "H1_J1",
         dim: int = 4,
-        n_layers: int = 16,
-        t_end: float | None = None,
-        h: float | None = None,
-        integrator: str | None = None,
-        substeps: int = 1,
-        gradient: GradientMode = "backprop",
-        activation: ActivationName = "tanh",
-        width: int | None = None,
-        weights: WeightsMode = "piecewise",
-        init: InitMode = "default",
-        solver_options: SolverOptions | None = None,
         positions: Sequence[int] | None = None,
         head: Literal["logit", "softmax"] = "logit",
+        **net: Any,
     ) -> None:
         super().__init__()
         check_int("dim", dim, 2)
@@ -181,21 +270,7 @@ class Toy2DClassifier(RecordsInitArgs, nn.Module):
             raise ValueError(f"head must be 'logit' or 'softmax', got {head!r}")
         self.register_buffer("positions", torch.tensor(positions), persistent=False)
         self.dim = dim
-        self.net = build_net(
-            architecture,
-            dim,
-            n_layers,
-            t_end,
-            h,
-            integrator,
-            substeps,
-            gradient,
-            activation,
-            width,
-            weights,
-            init,
-            solver_options,
-        )
+        self.net = build_net(dim, net_arguments(net))
         self.head_kind = head
         self.n_classes = 2
         self.head = nn.Linear(dim, 1 if head == "logit" else 2)
@@ -217,64 +292,22 @@ class Toy2DClassifier(RecordsInitArgs, nn.Module):
         return self.net.regularization(alpha)
 
 
+@takes_net_arguments(first=("architecture",), after="channels", architecture="H2", n_layers=4)
 class MNISTHDNN(RecordsInitArgs, nn.Module):
     """L4DC's MNIST net: Conv2d(1 -> C, 3x3, padding 1) -> H-DNN on the C channels of every pixel
     (state ``(B, 28, 28, C)``, channels last, no spatial mixing) -> Linear(C·28·28 -> 10).
+    ``n_layers=0`` is the papers' "0 layers" baseline (conv + linear, without an H-DNN).
 
     Args:
-        architecture: the Hamiltonian field, one of {DENSE}.
         channels: channels C of every pixel (the H-DNN's state size).
-        n_layers: layers N (0: the papers' "0 layers" baseline, conv + linear, without an H-DNN).
-        t_end: final time T of the flow (give t_end or h, not both).
-        h: layer step, T = n_layers * h (give t_end or h, not both).
-        integrator: the discretisation, one of {INTEGRATORS}, or ``torchdiffeq:<method>``, or None for the
-            architecture's default.
-        substeps: integrator steps per layer (>= 1).
-        gradient: ``backprop``, ``reversible`` or ``adjoint`` (see :class:`hamode.HamiltonianNet`).
-        activation: the activation σ of the field.
-        width: hidden size m of K (None: the architecture's default).
-        weights: ``piecewise``, ``constant`` or ``linear`` (see :class:`Toy2DClassifier`).
-        init: ``default`` or ``normal``.
-        solver_options: options of a torchdiffeq solve.
     """
 
-    def __init__(
-        self,
-        architecture: str = "H2",
-        channels: int = 8,
-        n_layers: int = 4,
-        t_end: float | None = None,
-        h: float | None = None,
-        integrator: str | None = None,
-        substeps: int = 1,
-        gradient: GradientMode = "backprop",
-        activation: ActivationName = "tanh",
-        width: int | None = None,
-        weights: WeightsMode = "piecewise",
-        init: InitMode = "default",
-        solver_options: SolverOptions | None = None,
-    ) -> None:
+    def __init__(self, channels: int = 8, **net: Any) -> None:
         super().__init__()
         check_int("channels", channels, 1)
-        check_int("n_layers", n_layers, 0)
+        check_int("n_layers", net["n_layers"], 0)
         self.conv = nn.Conv2d(1, channels, kernel_size=3, padding=1)
-        self.net = None
-        if n_layers > 0:
-            self.net = build_net(
-                architecture,
-                channels,
-                n_layers,
-                t_end,
-                h,
-                integrator,
-                substeps,
-                gradient,
-                activation,
-                width,
-                weights,
-                init,
-                solver_options,
-            )
+        self.net = build_net(channels, net_arguments(net)) if net["n_layers"] > 0 else None
         self.n_classes = 10
         self.head = nn.Linear(channels * 28 * 28, 10)
 
@@ -383,6 +416,7 @@ class StagedCNN(RecordsInitArgs, nn.Module):
         return self.head(self.features(images).mean((-2, -1)))
 
 
+@takes_net_arguments(after="layers", exclude=("n_layers", "t_end"), architecture="ConvH2", h=0.2)
 class HamiltonianCNN(StagedCNN):
     """A multi-stage Hamiltonian CNN for images ``(B, in_channels, H, W)``.
 
@@ -395,17 +429,7 @@ class HamiltonianCNN(StagedCNN):
         in_channels: image channels.
         n_classes: outputs of the head.
         channels: channels of each stage (even for ConvH2).
-        layers: Hamiltonian layers of each stage (same length as ``channels``).
-        architecture: the stages' image field, one of {IMAGE}.
-        h: the layer step of every stage (``t_end = h * layers``).
-        integrator: the stages' integrator, one of {INTEGRATORS} (None: the architecture's default).
-        substeps: integrator steps per layer.
-        gradient: ``"backprop"``, ``"reversible"`` or ``"adjoint"`` (see :class:`hamode.HamiltonianNet`).
-        activation: the fields' activation.
-        weights: ``"piecewise"``, ``"constant"`` or ``"linear"``.
-        init: ``"default"`` or ``"normal"``.
-        solver_options: options of a torchdiffeq solve.
-        width: hidden channels of the fields' convolutions (None: the field's default).
+        layers: Hamiltonian layers of each stage (same length as ``channels``); each stage's ``t_end = h * layers``.
         kernel_size: the fields' convolution kernel.
         transition: ``"conv"`` or ``"pool"``.
         norm: ``"batch"`` (batch normalisation and ReLU after the stem and each transition) or ``"none"``.
@@ -418,39 +442,19 @@ class HamiltonianCNN(StagedCNN):
         n_classes: int = 10,
         channels: Sequence[int] = (16, 32),
         layers: Sequence[int] = (4, 4),
-        architecture: str = "ConvH2",
-        h: float = 0.2,
-        integrator: str | None = None,
-        substeps: int = 1,
-        gradient: GradientMode = "backprop",
-        activation: ActivationName = "tanh",
-        width: int | None = None,
         kernel_size: int = 3,
         transition: Literal["conv", "pool"] = "conv",
         norm: Literal["batch", "none"] = "batch",
         stem_stride: int = 1,
-        weights: WeightsMode = "piecewise",
-        init: InitMode = "default",
-        solver_options: SolverOptions | None = None,
+        **net: Any,
     ) -> None:
-        self._stage_args = dict(
-            architecture=architecture,
-            h=h,
-            integrator=integrator,
-            substeps=substeps,
-            gradient=gradient,
-            activation=activation,
-            width=width,
-            weights=weights,
-            init=init,
-            solver_options=solver_options,
-            images=True,
-            field_options={"kernel_size": kernel_size},
-        )
+        self._stage_args = net_arguments(net)
+        self._kernel_size = kernel_size
         super().__init__(in_channels, n_classes, channels, layers, transition, norm, stem_stride)
 
     def make_stage(self, channels: int, layers: int) -> HamiltonianNet:
-        return build_net(dim=channels, n_layers=layers, **self._stage_args)
+        args = dataclasses.replace(self._stage_args, n_layers=layers)
+        return build_net(channels, args, images=True, field_options={"kernel_size": self._kernel_size})
 
     def regularization(self, alpha: float) -> Tensor:
         """The smoothness regulariser summed over the stages."""
@@ -556,9 +560,9 @@ def _document_choices() -> None:
 
     image = [a for a in list_architectures() if architecture_info(a).field_class.state_rank == 3]
     dense = [a for a in list_architectures() if a not in image]
-    names = {"DENSE": ", ".join(dense), "IMAGE": ", ".join(image), "INTEGRATORS": ", ".join(list_integrators())}
-    for cls in (Toy2DClassifier, MNISTHDNN, HamiltonianCNN):
-        cls.__doc__ = cls.__doc__.format(**names)
+    integrators = ", ".join(list_integrators())
+    for cls, names in ((Toy2DClassifier, dense), (MNISTHDNN, dense), (HamiltonianCNN, image)):
+        cls.__doc__ = cls.__doc__.format(ARCHITECTURES=", ".join(names), INTEGRATORS=integrators)
 
 
 _document_choices()

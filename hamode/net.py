@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from .engine import ReversibleFlow, fused_allowed, reference_flow
+from .engines import ContinuousSolver, reference_flow, solve
 from .fields.base import Field
-from .fused import FusedFlow, FusedSpec, fused_applies, fused_forward
 from .grid import LayerGrid, Schedule
 from .integrators import Integrator, get_integrator, list_integrators
 from .validation import check_int
@@ -47,7 +46,7 @@ class _Discretisation:
     """The net's discretisation, replaced whole by :meth:`HamiltonianNet.set_integrator` (never half-set)."""
 
     integrator: Integrator | None
-    continuous_solver: Any
+    continuous_solver: ContinuousSolver | None
     name: str
     schedule: Schedule
     gradient: str
@@ -76,7 +75,7 @@ class HamiltonianNet(nn.Module):
             network that the forward solve computes. The two agree as the solver tolerance (or step) goes
             to zero and differ at large h or loose tolerances. Its saved state does not grow with depth.
         solver_options: options for torchdiffeq solvers (``rtol``, ``atol``, ...).
-        fast: use the fused engine (:mod:`hamode.fused`: analytic VJPs, no per-op autograd graph)
+        fast: use the fused engine (:mod:`hamode.engines`: analytic VJPs, no per-op autograd graph)
             where it applies; ``False`` keeps the autograd reference path. The fused engine never
             changes numbers: under ``torch.func`` transforms and forward-mode AD the net runs the
             reference path, under ``torch.compile`` the fused call runs eagerly (a graph break), a
@@ -134,7 +133,7 @@ class HamiltonianNet(nn.Module):
 
     @property
     def continuous_solver(self):
-        """The :class:`hamode.continuous.ContinuousSolver` of a torchdiffeq solve (None otherwise)."""
+        """The :class:`hamode.engines.ContinuousSolver` of a torchdiffeq solve (None otherwise)."""
         return self._disc.continuous_solver
 
     @property
@@ -185,8 +184,6 @@ class HamiltonianNet(nn.Module):
         if integrator is None:
             integrator = self.field.default_integrator
         if isinstance(integrator, str) and integrator.startswith(_CONTINUOUS_PREFIX):
-            from .continuous import ContinuousSolver
-
             solver = ContinuousSolver(integrator[len(_CONTINUOUS_PREFIX) :], self.solver_options)
             if gradient == "reversible":
                 raise ValueError(
@@ -201,7 +198,7 @@ class HamiltonianNet(nn.Module):
                 f"but {type(self.field).__name__} is not separable: use one of "
                 f"{', '.join(n for n in list_integrators() if not get_integrator(n).needs_separable)} "
                 f"(symplectic on every field: {', '.join(_implicit_symplectic_names())}) "
-                "or a separable architecture (H2, MS1, MS3)"
+                f"or a separable architecture ({', '.join(_separable_architectures())})"
             )
         if gradient == "adjoint":
             raise ValueError(
@@ -253,27 +250,10 @@ class HamiltonianNet(nn.Module):
 
     def _solve(self, y0: Tensor, trajectory: bool) -> Solution:
         disc = self._disc
-        if disc.integrator is None:
-            ys, stats = disc.continuous_solver.solve(self.field, disc.schedule, y0, trajectory, disc.gradient)
-            return Solution(ys if trajectory else ys[-1], stats)
-        if disc.integrator.implicit:  # counted by the solve: iterations, and evaluations per iteration
-            stats = {"nfe": 0, "steps": disc.schedule.n_steps, "iterations": 0, "max_iterations": 0}
-        else:
-            stats = {"nfe": disc.integrator.evaluations * disc.schedule.n_steps, "steps": disc.schedule.n_steps}
-        if trajectory:
-            states = [y0]
-            reference_flow(self.field, disc.integrator, disc.schedule, y0, record=states.append, stats=stats)
-            return Solution(torch.stack(states), stats)
-        spec = FusedSpec(self.field, disc.integrator, disc.schedule, disc.gradient == "reversible", stats)
-        needs_grad = torch.is_grad_enabled() and (
-            y0.requires_grad or any(p.requires_grad for p in self.field.parameters())
+        ys, stats = solve(
+            self.field, disc.integrator, disc.continuous_solver, disc.schedule, disc.gradient, y0, self.fast, trajectory
         )
-        if fused_allowed():
-            if self.fast and fused_applies(self.field, spec.integrator, spec.reversible):
-                return Solution(_fused(spec, y0, needs_grad), stats)
-            if spec.reversible and needs_grad:
-                return Solution(_reference_reversible(spec, y0, stats), stats)
-        return Solution(reference_flow(self.field, disc.integrator, disc.schedule, y0, stats=stats), stats)
+        return Solution(ys, stats)
 
     def trajectory(self, y0: Tensor) -> Tensor:
         """All states: ``(N * substeps + 1, ..., dim)`` for hamode integrators; the N + 1
@@ -330,17 +310,10 @@ def _autocast_on(device_type: str) -> bool:
         return False
 
 
-@torch.compiler.disable
-def _fused(spec: FusedSpec, y0: Tensor, needs_grad: bool) -> Tensor:
-    """The fused engine; torch.compile runs it eagerly (a graph break) instead of tracing its Function."""
-    if needs_grad:
-        return FusedFlow.apply(spec, y0, *spec.field.parameters())
-    return fused_forward(spec, y0)
+def _separable_architectures() -> list[str]:
+    from .architectures import architecture_info, list_architectures
 
-
-@torch.compiler.disable
-def _reference_reversible(spec: FusedSpec, y0: Tensor, stats: dict | None = None) -> Tensor:
-    return ReversibleFlow.apply(spec, stats, y0, *spec.field.parameters())
+    return [a for a in list_architectures() if architecture_info(a).field_class.separable]
 
 
 def _implicit_symplectic_names() -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import signal
 import sys
@@ -17,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from hamode.diagnostics import layer_sensitivity
+from hamode.files import write_csv
 from hamode.models import hamiltonian_inputs
 from hamode.validation import check_int
 
@@ -378,9 +378,10 @@ class PredictionWriter(L.Callback):
         substeps = "+".join(str(k) for _, k in found) or "0"
         path = self._target(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["index", "class", *(f"p_{k}" for k in range(probs.shape[1])), "integrator", "substeps"])
-            for i, (c, p) in enumerate(zip(classes.tolist(), probs.tolist())):
-                w.writerow([i, c, *(f"{v:.6g}" for v in p), integrator, substeps])
+        headers = ["index", "class", *(f"p_{k}" for k in range(probs.shape[1])), "integrator", "substeps"]
+        rows = (
+            [i, c, *(f"{v:.6g}" for v in p), integrator, substeps]
+            for i, (c, p) in enumerate(zip(classes.tolist(), probs.tolist()))
+        )
+        write_csv(path, headers, rows)
         self.written = path

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -461,23 +460,3 @@ def cli(args: list[str] | None = None, run: bool = True) -> HamodeCLI:
         args=args,
         run=run,
     )
-
-
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``hamode`` console script (``hamode compare`` goes to :mod:`lightning_modules.compare`)."""
-    argv = sys.argv[1:] if args is None else list(args)
-    if argv and argv[0] == "compare":
-        from .compare import main as compare_main
-
-        compare_main(argv[1:])
-        return
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    try:
-        cli(args)
-    except SIGTERMException:  # Lightning's own (outside training): a SystemExit without a status, i.e. 0
-        raise SystemExit(128 + signal.SIGTERM) from None
-
-
-if __name__ == "__main__":  # python -m lightning_modules.cli
-    main(sys.argv[1:])

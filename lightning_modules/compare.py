@@ -29,8 +29,6 @@ redone; an interrupted one resumes from its own last.ckpt. Then, in OUT:
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import os
@@ -43,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from hamode.files import write_csv, write_text
 
 __all__ = ["Discretisation", "discretisations", "main"]
 
@@ -238,9 +238,7 @@ def _run(args, extra: list[str], d: Discretisation, seed: int, evals: list[Discr
             print(f"[compare]   {e.label}: not applicable ({str(err)[:200]})", flush=True)
             cross[e.label] = float("nan")
     result["cross_eval"] = cross
-    tmp = result_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, result_file)
+    write_text(result_file, json.dumps(result, indent=1))
     print(
         f"[compare] {d.label}, seed {seed}: test accuracy {result['test_acc']:.2f} %, "
         f"{result['train_seconds']:.1f} s, {result['nfe_per_forward']:g} evaluations per forward",
@@ -265,16 +263,6 @@ RESULT_COLUMNS = (
 )
 
 
-def _write_csv(path: Path, headers, rows) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(headers)
-    w.writerows(rows)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
-
-
 def _mean_std(values: list[float]) -> str:
     values = [v for v in values if not math.isnan(v)]
     if not values:
@@ -284,8 +272,8 @@ def _mean_std(values: list[float]) -> str:
 
 
 def _report(out: Path, header: str, trained: list[Discretisation], evals: list[Discretisation], results) -> str:
-    _write_csv(out / "results.csv", RESULT_COLUMNS, [[r[k] for k in RESULT_COLUMNS] for r in results])
-    _write_csv(
+    write_csv(out / "results.csv", RESULT_COLUMNS, [[r[k] for k in RESULT_COLUMNS] for r in results])
+    write_csv(
         out / "cross_eval.csv",
         ["trained", "seed", "evaluated", "test_acc"],
         [[r["discretisation"], r["seed"], e, acc] for r in results for e, acc in r["cross_eval"].items()],
@@ -313,7 +301,7 @@ def _report(out: Path, header: str, trained: list[Discretisation], evals: list[D
     for d, row in zip(trained, mean_cross):
         lines.append(f"| {d.label} | " + " | ".join("n/a" if math.isnan(v) else f"{v:.2f}" for v in row) + " |")
     text = "\n".join(lines) + "\n"
-    (out / "summary.md").write_text(text)
+    write_text(out / "summary.md", text)
     _plots(out, trained, evals, results, mean_cross)
     return text
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import Accuracy
 
 from hamode import HamiltonianNet, list_integrators
-from hamode.models import hamiltonian_nets
+from hamode.models import NetArguments, hamiltonian_nets
 
 from .checkpoints import CheckpointError, build_net, check_class_paths, read_checkpoint
 
@@ -32,23 +32,7 @@ command line's) are applied to the restored optimizer state; ``optimizer`` and `
 FIXED_ON_RESUME = ("optimizer", "lr_schedule")
 LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
 """The learning rates a param group may hold (the schedules keep their base values there too)."""
-LEGACY_MODEL_KEYS = (
-    "task",
-    "architecture",
-    "dim",
-    "width",
-    "n_layers",
-    "t_end",
-    "h",
-    "integrator",
-    "substeps",
-    "gradient",
-    "activation",
-    "weights",
-    "init",
-    "solver_options",
-    "head",
-)
+LEGACY_MODEL_KEYS = ("task", "dim", "head", *NetArguments.__dataclass_fields__)
 """The net arguments ``HDNNClassifier`` took before the model was injected (hamode <= 0.2)."""
 _LEGACY_DEFAULTS = {"task": "mnist", "architecture": "H2", "dim": 8, "n_layers": 4, "h": 0.5}
 

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from hamode.files import write_csv, write_text
+
+__all__ = [
+    "markdown_table",
+    "median_time",
+    "out_dir",
+    "start",
+    "toy2d_accuracy",
+    "toy2d_model",
+    "train_toy2d",
+    "write_csv",
+    "write_text",
+]
 
 
 def start(argv: Sequence[str] | None = None) -> None:
@@ -44,25 +57,6 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(fmt(x) for x in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file: an interrupted write never leaves a half file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_csv(path: Path, headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Write a CSV table (atomically, as :func:`write_text`)."""
-    import csv
-    import io
-
-    buf = io.StringIO(newline="")
-    w = csv.writer(buf)
-    w.writerow(headers)
-    w.writerows(rows)
-    write_text(path, buf.getvalue())
 
 
 def toy2d_model(architecture: str, n_layers: int, **kwargs):

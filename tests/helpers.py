@@ -73,6 +73,16 @@ def separable_architectures() -> list[str]:
     ]
 
 
+def dense_architectures() -> list[str]:
+    """The registered architectures on ``(..., dim)`` states (every one is picked up by the generic tests)."""
+    return [a for a in hamode.list_architectures() if hamode.architecture_info(a).field_class.state_rank == 1]
+
+
+def applicable(field_class, integrator: str) -> bool:
+    """Whether the rule runs on the field (separable-only rules need a separable field)."""
+    return field_class.separable or not hamode.get_integrator(integrator).needs_separable
+
+
 def image_architectures() -> list[str]:
     return [a for a in hamode.list_architectures() if hamode.architecture_info(a).field_class.state_rank == 3]
 

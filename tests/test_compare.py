@@ -121,7 +121,7 @@ def test_compare_refuses_a_bad_override_before_training(tmp_path):
 
 
 def test_hamode_command_dispatches_compare(capsys):
-    from lightning_modules.cli import main as hamode
+    from lightning_modules.main import main as hamode
 
     with pytest.raises(SystemExit) as e:
         hamode(["compare", "--help"])

@@ -16,8 +16,8 @@ from hamode.diagnostics import (
     sensitivity_norms,
     symplecticity_defect,
 )
+from hamode.engines import fused_applies
 from hamode.fields.conv import Convolution
-from hamode.fused import fused_applies
 
 IMAGE = image_architectures()
 

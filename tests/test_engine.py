@@ -13,8 +13,8 @@ from helpers import F64, field_for, log_slope
 
 import hamode
 from hamode.diagnostics import backward_sensitivity, sensitivity_norms, sensitivity_upper_bound
+from hamode.engines import fused_applies
 from hamode.fields.base import Field, SeparableMixin
-from hamode.fused import fused_applies
 
 CASES = [("H2", "symplectic_euler"), ("H2", "leapfrog"), ("H1_J1", "rk4"), ("MS1", "yoshida4")]
 
@@ -45,7 +45,7 @@ def test_torch_compile_matches_eager(backend, gradient):
     torch.manual_seed(0)
     field = hamode.make_field("H2", dim=4, n_layers=16)
     net = hamode.HamiltonianNet(field, 8.0, "symplectic_euler", gradient=gradient)
-    assert fused_applies(net, reversible=gradient == "reversible")
+    assert fused_applies(net.field, net.integrator, reversible=gradient == "reversible")
     y0 = torch.randn(5, 4)
     out, grads = _grads(net, y0)
     out_c, grads_c = _grads(torch.compile(net, backend=backend), y0)
@@ -263,23 +263,25 @@ def test_two_pending_forwards_backward_independently():
 
 
 def test_fused_buffer_sets_belong_to_one_pass_and_are_returned():
+    """The engine keeps each field's free buffer sets (not the field): one set reused by every pass, one per
+    pending pass, none carried into a copy or a pickle of the field."""
     import copy
     import pickle
 
-    from hamode.fused import POOL_ATTRIBUTE
+    from hamode.engines.buffers import free_buffer_sets
 
     net = _net("H2", "leapfrog")
     y0 = torch.randn(3, 4, dtype=F64)
     for _ in range(4):
         _grads(net, y0)
-    pool = net.field.__dict__[POOL_ATTRIBUTE]
-    assert sum(map(len, pool.values())) == 1  # one set, reused by every pass
+    assert free_buffer_sets(net.field) == 1  # one set, reused by every pass
     pending = [net(y0.clone().requires_grad_(True)) for _ in range(3)]
-    assert sum(map(len, pool.values())) == 0  # each pending pass holds its own
+    assert free_buffer_sets(net.field) == 0  # each pending pass holds its own
     del pending
-    assert sum(map(len, pool.values())) == 3
-    assert POOL_ATTRIBUTE not in copy.deepcopy(net.field).__dict__
-    assert POOL_ATTRIBUTE not in pickle.loads(pickle.dumps(net.field)).__dict__
+    assert free_buffer_sets(net.field) == 3
+    assert free_buffer_sets(copy.deepcopy(net.field)) == 0
+    assert free_buffer_sets(pickle.loads(pickle.dumps(net.field))) == 0
+    assert not any(isinstance(v, dict) and v and isinstance(next(iter(v)), tuple) for v in vars(net.field).values())
 
 
 def test_continuous_statistics_are_returned_and_summed_over_layers():
@@ -314,7 +316,7 @@ def test_supports_fused_is_derived_from_the_methods():
     )  # every architecture provides the fused contract
     assert not _Oscillator.supports_fused and not hamode.AutogradHamiltonianField.supports_fused
     net = hamode.HamiltonianNet(_Oscillator().double(), 1.0, "leapfrog")
-    assert not fused_applies(net)
+    assert not fused_applies(net.field, net.integrator)
     y0 = torch.randn(2, 2, dtype=F64, requires_grad=True)
     net(y0).sum().backward()  # the reference path, automatically
     with pytest.raises(TypeError, match=r"sets supports_fused = True but lacks the fused methods fused_weights"):
@@ -364,7 +366,7 @@ def test_user_declared_splitting_and_runge_kutta_methods():
             y0 = torch.randn(3, 4, dtype=F64)
             fast = hamode.HamiltonianNet(field, 1.0, name, substeps=2)
             slow = hamode.HamiltonianNet(field, 1.0, name, substeps=2, fast=False)
-            assert fused_applies(fast)
+            assert fused_applies(fast.field, fast.integrator)
             (out_f, g_f), (out_r, g_r) = _grads(fast, y0), _grads(slow, y0)
             assert _rel(out_f, out_r) <= 1e-12
             for a, b in zip(g_f, g_r):

@@ -9,7 +9,7 @@ from helpers import F64, example_state
 import hamode
 from hamode.fields import AutogradHamiltonianField, SparseSeparableField
 
-PARAMS_PER_LAYER = {  # the papers' parameter counts, n = dim, m = default width
+PAPER_PARAMS_PER_LAYER = {  # the papers' parameter counts, n = dim, default width: a check of the formulas
     "H1_J1": lambda n: n * n + n,
     "H1_J2": lambda n: n * n + n,
     "H2": lambda n: n * n // 2 + n,
@@ -19,6 +19,17 @@ PARAMS_PER_LAYER = {  # the papers' parameter counts, n = dim, m = default width
     "ConvH1_J1": lambda n: 9 * n * n + n,  # K: (C, C, 3, 3), b: (C,)
     "ConvH1_J2": lambda n: 9 * n * n + n,
     "ConvH2": lambda n: 2 * (9 * (n // 2) ** 2 + n // 2),  # K_p, K_q: (C/2, C/2, 3, 3), b_p, b_q
+}
+PAPER_DEFAULT_INTEGRATORS = {  # the discretisations the papers train these architectures with
+    "H1_J1": "euler",
+    "H1_J2": "euler",
+    "MS2": "euler",
+    "ConvH1_J1": "euler",
+    "ConvH1_J2": "euler",
+    "H2": "symplectic_euler",
+    "MS1": "symplectic_euler",
+    "MS3": "symplectic_euler",
+    "ConvH2": "symplectic_euler",
 }
 
 
@@ -49,21 +60,34 @@ def test_rhs_equals_J_grad_H(arch, activation, weights):
 
 @pytest.mark.parametrize("arch", hamode.list_architectures())
 def test_parameter_count_per_layer(arch):
+    """The count the field states (its formula) is the count of its stacked tensors, for any registered field."""
+    for n, width in ((4, None), (8, None), (8, 3)):
+        try:
+            field = hamode.make_field(arch, dim=n, n_layers=5, width=width)
+        except TypeError:  # an architecture without a width
+            continue
+        counted = sum(p.numel() for p in field.stacked_parameters().values())
+        assert counted == 5 * field.parameters_per_layer(), (arch, n, width, counted)
+
+
+@pytest.mark.parametrize("arch", sorted(PAPER_PARAMS_PER_LAYER))
+def test_parameter_counts_are_the_papers(arch):
     for n in (4, 8):
-        field = hamode.make_field(arch, dim=n, n_layers=5)
-        per_layer = sum(getattr(field, k).numel() for k in field._stacked_names) // 5
-        assert per_layer == PARAMS_PER_LAYER[arch](n), (arch, n, per_layer)
+        assert hamode.make_field(arch, dim=n, n_layers=5).parameters_per_layer() == PAPER_PARAMS_PER_LAYER[arch](n)
 
 
 @pytest.mark.parametrize("arch", hamode.list_architectures())
 def test_weight_paths_node_counts_and_default_integrator(arch):
     for weights, nodes in (("piecewise", 7), ("constant", 1), ("linear", 8)):
         field = hamode.make_field(arch, dim=4, n_layers=7, weights=weights)
-        assert all(getattr(field, k).shape[0] == nodes for k in field._stacked_names)
-    expected = "euler" if arch in ("H1_J1", "H1_J2", "MS2", "ConvH1_J1", "ConvH1_J2") else "symplectic_euler"
-    assert hamode.architecture_info(arch).default_integrator == expected
+        assert all(p.shape[0] == nodes for p in field.stacked_parameters().values())
+    default = hamode.architecture_info(arch).default_integrator
+    rule = hamode.get_integrator(default)  # registered
+    assert field.separable or not rule.needs_separable  # and it runs on the field
     net = hamode.HamiltonianNet(hamode.make_field(arch, dim=4, n_layers=2), t_end=1.0)
-    assert net.integrator_name == expected
+    assert net.integrator_name == default
+    if arch in PAPER_DEFAULT_INTEGRATORS:
+        assert default == PAPER_DEFAULT_INTEGRATORS[arch]
 
 
 def test_contract_parameter_names_and_shapes():

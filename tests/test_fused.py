@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import F64, reversible_integrators
+from helpers import F64, dense_architectures, reversible_integrators
 
 import hamode
 from hamode.diagnostics import SavedBytes
-from hamode.fused import fused_applies, reconstruct
+from hamode.engines import fused_applies, reconstruct
 
 RING4 = [(0, 1), (1, 2), (2, 3), (3, 0)]
-FIELDS = ["H1_J1", "H1_J2", "H1_learnJ", "H2", "H2_learnX", "MS1", "MS2", "MS3", "sparse"]
+VARIANTS = ["H1_learnJ", "H2_learnX", "sparse"]  # options of the registered fields worth their own cases
+FIELDS = [*dense_architectures(), *VARIANTS]  # every registered dense architecture, found in the registry
+WIDTH_HINTS = {"H1_J1": 6, "H2": 3}  # a test-size hint where the default width is not what a case needs
 
 
 def make(kind: str, n_layers: int, dtype=F64, weights="piecewise", seed=0):
@@ -25,8 +27,9 @@ def make(kind: str, n_layers: int, dtype=F64, weights="piecewise", seed=0):
         return hamode.SeparableField(8, n_layers, width=6, X="learnable", **kw)
     if kind == "sparse":
         return hamode.SparseSeparableField(8, n_layers, graph=RING4, n_nodes=4, X="learnable", **kw)
-    width = {"H1_J1": 6, "H2": 3}.get(kind)
-    return hamode.make_field(kind, dim=8, n_layers=n_layers, width=width, **kw)
+    if kind in WIDTH_HINTS:
+        kw["width"] = WIDTH_HINTS[kind]
+    return hamode.make_field(kind, dim=8, n_layers=n_layers, **kw)
 
 
 def fused_rules() -> list[str]:
@@ -38,10 +41,10 @@ def fused_reversible_rules() -> list[str]:
     return [n for n in reversible_integrators() if n in fused_rules()]
 
 
-def cases():
+def cases(rules=None):
     for kind in FIELDS:
         separable = make(kind, 1).separable
-        for name in fused_rules():
+        for name in fused_rules() if rules is None else rules:
             if separable or not hamode.get_integrator(name).needs_separable:
                 yield kind, name
 
@@ -70,7 +73,7 @@ def test_fused_matches_reference(kind, name, depth):
     shape = (3, 8) if depth != 7 else (2, 3, 2, 8)  # any leading batch shape, e.g. (B, 28, 28, C)
     y0 = torch.randn(*shape, dtype=F64)
     net = hamode.HamiltonianNet(field, 1.0, integrator=name)
-    assert fused_applies(net)
+    assert fused_applies(net.field, net.integrator)
     out_r, g_r = _run(field, name, y0, fast=False)
     out_f, g_f = _run(field, name, y0, fast=True)
     assert ((out_r - out_f).abs().max() / out_r.abs().max()).item() <= 1e-12
@@ -92,12 +95,12 @@ def test_fused_constant_weights_and_inference(name):
 
 def test_linear_weights_fall_back_to_reference():
     field = make("H2", 4, weights="linear")
-    assert not fused_applies(hamode.HamiltonianNet(field, 1.0))
+    net = hamode.HamiltonianNet(field, 1.0)
+    assert not fused_applies(net.field, net.integrator)
 
 
-@pytest.mark.parametrize("kind", ["H2", "MS1", "MS3", "sparse"])
-@pytest.mark.parametrize("name", fused_reversible_rules())
-def test_reversible_matches_backprop_64_layers(name, kind):
+@pytest.mark.parametrize("kind,name", list(cases(fused_reversible_rules())))
+def test_reversible_matches_backprop_64_layers(kind, name):
     field = make(kind, 64)
     y0 = torch.randn(5, 8, dtype=F64)
     out_b, g_b = _run(field, name, y0, fast=True, gradient="backprop", substeps=1)
@@ -172,12 +175,12 @@ def test_gradcheck_fused():
 @pytest.mark.parametrize("weights", ["piecewise", "constant"])
 def test_parameter_gradients_formed_in_small_batches(kind, name, weights, monkeypatch):
     """The backward flushes parameter gradients in batches of layers (bounded memory); force one layer a batch."""
-    import hamode.fused
+    import hamode.engines.fused
 
     field = make(kind, 9, weights=weights)
     y0 = torch.randn(4, 8, dtype=F64)
     _, whole = _run(field, name, y0, fast=True)
-    monkeypatch.setattr(hamode.fused, "FACTOR_BUDGET_BYTES", 1)
+    monkeypatch.setattr(hamode.engines.fused, "FACTOR_BUDGET_BYTES", 1)
     _, chunked = _run(field, name, y0, fast=True)
     _, reference = _run(field, name, y0, fast=False)
     _assert_close(whole, chunked, 1e-12)

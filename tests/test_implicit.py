@@ -9,7 +9,7 @@ from helpers import F64, log_slope
 
 import hamode
 from hamode.diagnostics import backward_sensitivity, energy_drift, sensitivity_norms, symplecticity_defect
-from hamode.fused import fused_applies
+from hamode.engines import fused_applies
 
 IMPLICIT = [n for n in hamode.list_integrators() if hamode.get_integrator(n).implicit]
 

@@ -1,7 +1,7 @@
 """ODE right-hand sides: the Hamiltonian fields."""
 
 from .autograd import AutogradHamiltonianField, AutogradSeparableField
-from .base import Field, LayerRHS
+from .base import Factors, Field, FusedField, FusedFullField, FusedSeparableField, FusedWeights, LayerRHS
 from .conv import ConvField, ConvH1Field, ConvH2Field, Convolution
 from .hamiltonian import H1Field
 from .ms import MS1Field, MS2Field
@@ -15,7 +15,12 @@ __all__ = [
     "ConvH1Field",
     "ConvH2Field",
     "Convolution",
+    "Factors",
     "Field",
+    "FusedField",
+    "FusedFullField",
+    "FusedSeparableField",
+    "FusedWeights",
     "H1Field",
     "LayerRHS",
     "MS1Field",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Protocol, runtime_checkable
+import typing
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -12,12 +13,29 @@ from ..activations import Activation, get_activation
 from ..grid import LayerGrid
 from ..validation import check_int
 
-__all__ = ["INITS", "WEIGHT_PATHS", "Field", "FusedField", "LayerRHS", "fused_methods_missing"]
+__all__ = [
+    "INITS",
+    "WEIGHT_PATHS",
+    "Factors",
+    "Field",
+    "FusedField",
+    "FusedFullField",
+    "FusedSeparableField",
+    "FusedWeights",
+    "HalfField",
+    "InitMode",
+    "LayerRHS",
+    "WeightsMode",
+    "fused_methods_missing",
+    "protocol_methods",
+]
 
-WEIGHT_PATHS = ("piecewise", "constant", "linear")
-FUSED_POOL_ATTRIBUTE = "_fused_buffer_pool"
-"""The instance attribute where hamode.fused keeps a field's free buffer sets (scratch: never pickled or copied)."""
-INITS = ("default", "normal")
+WeightsMode = Literal["piecewise", "constant", "linear"]
+"""How the weights vary in t: one set per layer, one for all layers, or linear between N + 1 nodes."""
+InitMode = Literal["default", "normal"]
+"""``default``: N(0, 1/fan_in) matrices and zero biases; ``normal``: N(0, 1) for everything (the papers' 2-D code)."""
+WEIGHT_PATHS: tuple[str, ...] = typing.get_args(WeightsMode)
+INITS: tuple[str, ...] = typing.get_args(InitMode)
 
 
 class Field(nn.Module):
@@ -54,7 +72,7 @@ class Field(nn.Module):
         dim: int,
         n_layers: int,
         activation: str | Activation = "tanh",
-        weights: str = "piecewise",
+        weights: WeightsMode = "piecewise",
     ) -> None:
         super().__init__()
         self.dim = check_int("dim", dim, 1)
@@ -66,14 +84,10 @@ class Field(nn.Module):
         self.n_nodes = {"piecewise": n_layers, "constant": 1, "linear": n_layers + 1}[weights]
         self._stacked_names: list[str] = []
 
-    def __getstate__(self) -> dict:
-        # the fused engine's free buffer sets (hamode.fused) are scratch memory: not pickled, not deep-copied
-        state = self.__dict__.copy()
-        state.pop(FUSED_POOL_ATTRIBUTE, None)
-        return state
-
     # ---------------------------------------------------------------- parameters
-    def _stacked(self, name: str, shape: tuple[int, ...], fan_in: int | None, init: str, factory: dict) -> nn.Parameter:
+    def _stacked(
+        self, name: str, shape: tuple[int, ...], fan_in: int | None, init: InitMode, factory: dict
+    ) -> nn.Parameter:
         """Register a parameter with a leading node axis and initialise it.
 
         ``init="default"``: matrices N(0, 1/fan_in), biases 0. ``init="normal"``: N(0, 1)
@@ -107,6 +121,16 @@ class Field(nn.Module):
         """Parameters the layers use directly rather than through :meth:`weight_table` (a user Hamiltonian's
         own module parameters): the reversible engine differentiates them step by step. Default: none."""
         return []
+
+    def stacked_parameters(self) -> dict[str, nn.Parameter]:
+        """The parameters registered with a leading node axis (what :meth:`parameters_per_layer` counts)."""
+        return {name: getattr(self, name) for name in self._stacked_names}
+
+    def parameters_per_layer(self) -> int:
+        """How many parameters each node (layer) holds in :meth:`weight_table`'s stacked entries, by the field's
+        own formula (the papers state these counts); the generic tests check it against
+        :meth:`stacked_parameters`. Shared parameters (a learnable J or X) are not counted."""
+        raise NotImplementedError(f"{type(self).__name__} states no parameter count (parameters_per_layer)")
 
     @property
     def stacked_keys(self) -> tuple[str, ...]:
@@ -238,7 +262,7 @@ class Field(nn.Module):
         if declared is True and missing:
             raise TypeError(
                 f"{cls.__name__} sets supports_fused = True but lacks the fused methods {', '.join(missing)} "
-                "(see hamode.fields.FusedField)"
+                "(see hamode.fields.FusedFullField / FusedSeparableField)"
             )
         cls.supports_fused = not missing if declared is None else bool(declared)
 
@@ -315,22 +339,6 @@ class SeparableMixin:
     def _rhs(self, w: dict[str, Tensor], y: Tensor) -> Tensor:
         p, q = self.split(y)
         return self.join(self._dp(w, q), self._dq(w, p))
-
-    # fused engine: the full field from the two half-fields (for the Runge-Kutta rules on separable fields)
-    def fused_f(self, w, y, alpha=1.0, base=None):
-        p, q = self.split(y)
-        bp, bq = self.split(base) if base is not None else (None, None)
-        kp, sq = self.fused_dp(w, q, alpha, bp)
-        kq, sp = self.fused_dq(w, p, alpha, bq)
-        return self.join(kp, kq), (sq, sp)
-
-    def fused_f_vjp(self, w, y, ctx, c, alpha=1.0, base=None):
-        p, q = self.split(y)
-        cp, cq = self.split(c)
-        bp, bq = self.split(base) if base is not None else (None, None)
-        gq, fq = self.fused_dp_vjp(w, q, ctx[0], cp, alpha, bq)
-        gp, fp = self.fused_dq_vjp(w, p, ctx[1], cq, alpha, bp)
-        return self.join(gp, gq), {"dp": fq, "dq": fp}
 
 
 class LayerRHS:
@@ -428,36 +436,110 @@ def _need_grid(field: Field, grid: LayerGrid | None, what: str) -> LayerGrid:
     return grid
 
 
-FUSED_COMMON = ("fused_weights", "fused_group_grads")
-FUSED_FULL = ("fused_f", "fused_f_vjp")
-FUSED_HALVES = ("fused_dp", "fused_dp_vjp", "fused_dq", "fused_dq_vjp")
-
-
-def fused_methods_missing(cls: type) -> list[str]:
-    """The methods of :class:`FusedField` that a field class lacks (empty: the fused engine covers it)."""
-    needed = FUSED_COMMON + (FUSED_HALVES if getattr(cls, "separable", False) else FUSED_FULL)
-    return [name for name in needed if not callable(getattr(cls, name, None))]
+Factors = tuple[Tensor, ...]
+"""One evaluation's parameter factors, as a VJP returns them: the tensors (``(rows, ·)`` each) from which the
+parameter gradients of that evaluation are formed; the engine stacks them over nodes as ``(nodes, rows, ·)``."""
+FusedWeights = dict[str, Tensor]
+"""Per-node tensors of :meth:`FusedField.fused_weights` (keys in ``fused_shared_keys`` are shared by all nodes);
+one layer's dict of views into them is the ``w`` an evaluation receives."""
+HalfField = Literal["f", "dp", "dq"]
+"""Which evaluation a group of factors belongs to: the full field, or a separable field's dp/dt or dq/dt."""
 
 
 @runtime_checkable
 class FusedField(Protocol):
-    """What a field provides for the fused engine (:mod:`hamode.fused`); all without autograd.
+    """What every field provides for the fused engine (:mod:`hamode.engines`); all without autograd.
 
     ``w`` is one layer's dict from :meth:`fused_weights`; ``alpha`` and ``base`` fuse the step's
     update: an evaluation returns ``base + alpha f(y)`` (``alpha f(y)`` without a base) and a
-    context, a VJP returns ``base + alpha (∂f/∂y)ᵀ c`` and its parameter *factors* (unscaled: the
-    engine applies each evaluation's alpha when it stacks them). Non-separable fields provide
-    ``fused_f``/``fused_f_vjp``; separable ones ``fused_dp``/``fused_dp_vjp`` (on q) and
-    ``fused_dq``/``fused_dq_vjp`` (on p), the full field then following from the halves.
-    ``Field.supports_fused`` is True exactly when a class has all of its kind's methods; a field
-    without them runs on the autograd reference path.
+    context, a VJP returns ``base + alpha (∂f/∂y)ᵀ c`` and its parameter :data:`Factors` (unscaled: the
+    engine applies each evaluation's alpha when it stacks them). A non-separable field provides
+    :class:`FusedFullField`, a separable one :class:`FusedSeparableField` (the engine composes the full field
+    from its halves). ``Field.supports_fused`` is True exactly when a class has all of its kind's methods; a
+    field without them runs on the autograd reference path, and one that sets ``supports_fused = True``
+    without them is refused when the class is created, naming what is missing.
     """
 
-    def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Per-node tensors (products for all layers at once, e.g. ``K Jᵀ``); ``fused_shared_keys`` are shared."""
+    fused_shared_keys: tuple[str, ...]
+
+    def fused_rows(self, y: Tensor) -> Tensor:
+        """The state as the evaluations take it (``(rows, dim)``; image fields keep their axes)."""
         ...
 
-    def fused_group_grads(self, name: str, fw: dict[str, Tensor], table: dict[str, Tensor], factors, a) -> dict:
-        """``{table key: gradient}`` for half-field ``name`` (``"f"``, ``"dp"`` or ``"dq"``) from factors stacked
-        over nodes as ``(nodes, B, ·)``, one evaluation per node; ``a`` the alphas (float or ``(nodes, 1, 1)``)."""
+    def fused_weights(self, table: dict[str, Tensor]) -> FusedWeights:
+        """Per-node tensors (products for all layers at once, e.g. ``K Jᵀ``)."""
         ...
+
+    def fused_group_grads(
+        self, name: HalfField, fw: FusedWeights, table: dict[str, Tensor], factors: Factors, a: float | Tensor
+    ) -> dict[str, Tensor]:
+        """``{table key: gradient}`` for half-field ``name`` from factors stacked over nodes as ``(nodes, B, ·)``,
+        one evaluation per node; ``a`` the alphas (a float, or ``(nodes, 1, 1)``)."""
+        ...
+
+
+@runtime_checkable
+class FusedFullField(FusedField, Protocol):
+    """A non-separable field's fused right-hand side ``f(y)`` and its VJP."""
+
+    def fused_f(
+        self, w: dict[str, Tensor], y: Tensor, alpha: float = 1.0, base: Tensor | None = None
+    ) -> tuple[Tensor, Any]:
+        """``(base + alpha f(y), context)``."""
+        ...
+
+    def fused_f_vjp(
+        self, w: dict[str, Tensor], y: Tensor, ctx: Any, c: Tensor, alpha: float = 1.0, base: Tensor | None = None
+    ) -> tuple[Tensor, Factors]:
+        """``(base + alpha (∂f/∂y)ᵀ c, factors)``."""
+        ...
+
+
+@runtime_checkable
+class FusedSeparableField(FusedField, Protocol):
+    """A separable field's fused half-fields: ``dp/dt`` as a function of q, ``dq/dt`` of p, and their VJPs."""
+
+    def split(self, y: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def join(self, p: Tensor, q: Tensor) -> Tensor: ...
+
+    def fused_dp(
+        self, w: dict[str, Tensor], q: Tensor, alpha: float = 1.0, base: Tensor | None = None
+    ) -> tuple[Tensor, Any]:
+        """``(base + alpha dp/dt(q), context)``."""
+        ...
+
+    def fused_dp_vjp(
+        self, w: dict[str, Tensor], q: Tensor, ctx: Any, c: Tensor, alpha: float = 1.0, base: Tensor | None = None
+    ) -> tuple[Tensor, Factors]:
+        """``(base + alpha (∂(dp/dt)/∂q)ᵀ c, factors)``."""
+        ...
+
+    def fused_dq(
+        self, w: dict[str, Tensor], p: Tensor, alpha: float = 1.0, base: Tensor | None = None
+    ) -> tuple[Tensor, Any]:
+        """``(base + alpha dq/dt(p), context)``."""
+        ...
+
+    def fused_dq_vjp(
+        self, w: dict[str, Tensor], p: Tensor, ctx: Any, c: Tensor, alpha: float = 1.0, base: Tensor | None = None
+    ) -> tuple[Tensor, Factors]:
+        """``(base + alpha (∂(dq/dt)/∂p)ᵀ c, factors)``."""
+        ...
+
+
+def protocol_methods(protocol: type) -> tuple[str, ...]:
+    """The public methods a protocol class declares (its own and its protocol bases')."""
+    names: dict[str, None] = {}
+    for klass in reversed(protocol.__mro__):
+        if klass is object or klass is Protocol or not getattr(klass, "_is_protocol", False):
+            continue
+        names.update({n: None for n, v in vars(klass).items() if callable(v) and not n.startswith("_")})
+    return tuple(names)
+
+
+def fused_methods_missing(cls: type) -> list[str]:
+    """The methods of its kind's fused protocol (:class:`FusedFullField` or :class:`FusedSeparableField`) that a
+    field class lacks (empty: the fused engine covers it)."""
+    protocol = FusedSeparableField if getattr(cls, "separable", False) else FusedFullField
+    return [name for name in protocol_methods(protocol) if not callable(getattr(cls, name, None))]

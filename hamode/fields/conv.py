@@ -23,7 +23,7 @@ from torch.nn.grad import conv2d_weight
 from ..activations import Activation
 from ..architectures import register_architecture
 from ..validation import check_int
-from .base import Field, SeparableMixin, scaled_
+from .base import Field, InitMode, SeparableMixin, WeightsMode, scaled_
 from .structure import fixed_structure
 
 __all__ = ["ConvField", "ConvH1Field", "ConvH2Field", "Convolution"]
@@ -148,8 +148,8 @@ class ConvH1Field(ConvField):
         padding: Padding = "zeros",
         J: str | Tensor = "J1",
         activation: str | Activation = "tanh",
-        weights: str = "piecewise",
-        init: str = "default",
+        weights: WeightsMode = "piecewise",
+        init: InitMode = "default",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -162,6 +162,11 @@ class ConvH1Field(ConvField):
         self._stacked("K", (m, dim, k, k), dim * k * k, init, factory)
         self._stacked("b", (m,), None, init, factory)
         self.register_buffer("J_matrix", fixed_structure(J, dim, **factory))
+
+    def parameters_per_layer(self) -> int:
+        """K (m × C × k × k) and b (m) per layer: 9C² + C for 3×3 kernels and m = C."""
+        k = self.conv.kernel_size
+        return self.width * self.dim * k * k + self.width
 
     def weight_table(self) -> dict[str, Tensor]:
         table = super().weight_table()
@@ -238,8 +243,8 @@ class ConvH2Field(SeparableMixin, ConvField):
         padding: Padding = "zeros",
         X: Tensor | None = None,
         activation: str | Activation = "tanh",
-        weights: str = "piecewise",
-        init: str = "default",
+        weights: WeightsMode = "piecewise",
+        init: InitMode = "default",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -267,6 +272,12 @@ class ConvH2Field(SeparableMixin, ConvField):
             self.register_buffer("X_matrix", X.detach().clone().to(**{k: v for k, v in factory.items() if v}))
 
     # channels first: p and q are halves of axis -3
+
+    def parameters_per_layer(self) -> int:
+        """K_p, K_q (m × C/2 × k × k each) and b_p, b_q (m each) per layer."""
+        k = self.conv.kernel_size
+        return 2 * (self.width * self.half * k * k + self.width)
+
     def split(self, y: Tensor) -> tuple[Tensor, Tensor]:
         return y[..., : self.half, :, :], y[..., self.half :, :, :]
 

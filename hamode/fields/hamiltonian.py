@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..activations import Activation
 from ..architectures import register_architecture
 from ..validation import check_int
-from .base import Field, mm_out, wdot, wsum
+from .base import Field, InitMode, WeightsMode, mm_out, wdot, wsum
 from .structure import fixed_structure, j2
 
 __all__ = ["H1Field"]
@@ -46,8 +46,8 @@ class H1Field(Field):
         width: int | None = None,
         J: str | Tensor = "J1",
         activation: str | Activation = "tanh",
-        weights: str = "piecewise",
-        init: str = "default",
+        weights: WeightsMode = "piecewise",
+        init: InitMode = "default",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -62,6 +62,10 @@ class H1Field(Field):
             self.A = nn.Parameter(0.5 * j2(dim, **factory))
         else:
             self.register_buffer("J_matrix", fixed_structure(J, dim, **factory, also=("learnable",)))
+
+    def parameters_per_layer(self) -> int:
+        """K (m × n) and b (m) per layer: n² + n with the default width m = n."""
+        return self.width * self.dim + self.width
 
     def weight_table(self) -> dict[str, Tensor]:
         table = super().weight_table()

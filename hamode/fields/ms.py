@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..activations import Activation
 from ..architectures import register_architecture
-from .base import Field, SeparableMixin, affine_act, axpy, mm_out, wdot, wsum
+from .base import Field, InitMode, SeparableMixin, WeightsMode, affine_act, axpy, mm_out, wdot, wsum
 
 __all__ = ["MS1Field", "MS2Field"]
 
@@ -41,8 +41,8 @@ class MS1Field(SeparableMixin, Field):
         dim: int,
         n_layers: int,
         activation: str | Activation = "tanh",
-        weights: str = "piecewise",
-        init: str = "default",
+        weights: WeightsMode = "piecewise",
+        init: InitMode = "default",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -54,6 +54,10 @@ class MS1Field(SeparableMixin, Field):
         self._stacked("K0", (half, half), half, init, factory)
         self._stacked("b1", (half,), None, init, factory)
         self._stacked("b2", (half,), None, init, factory)
+
+    def parameters_per_layer(self) -> int:
+        """K_0 (n/2 × n/2), b_1 and b_2 (n/2 each) per layer: n²/4 + n."""
+        return self.half * self.half + 2 * self.half
 
     def _dp(self, w: dict[str, Tensor], q: Tensor) -> Tensor:  # dz/dt from y
         return -self.activation.sigma(torch.matmul(q, w["K0"]) + w["b1"])
@@ -119,8 +123,8 @@ class MS2Field(Field):
         dim: int,
         n_layers: int,
         activation: str | Activation = "tanh",
-        weights: str = "piecewise",
-        init: str = "default",
+        weights: WeightsMode = "piecewise",
+        init: InitMode = "default",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -131,6 +135,10 @@ class MS2Field(Field):
         self.register_buffer("_iu", iu, persistent=False)
         self._stacked("U", (iu.shape[1],), dim, init, factory)
         self._stacked("b", (dim,), None, init, factory)
+
+    def parameters_per_layer(self) -> int:
+        """The strict upper triangle of the skew K (n(n - 1)/2) and b (n) per layer: (n² + n)/2."""
+        return self.dim * (self.dim - 1) // 2 + self.dim
 
     def weight_table(self) -> dict[str, Tensor]:
         U = self.U

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..activations import Activation
 from ..architectures import register_architecture
 from ..validation import check_int
-from .base import Field, SeparableMixin, affine_act, mm_out, wdot, wsum
+from .base import Field, InitMode, SeparableMixin, WeightsMode, affine_act, mm_out, wdot, wsum
 
 __all__ = ["MS3Field", "SeparableField", "SparseSeparableField"]
 
@@ -50,8 +50,8 @@ class SeparableField(SeparableMixin, Field):
         width: int | None = None,
         X: str | Tensor | None = None,
         activation: str | Activation = "tanh",
-        weights: str = "piecewise",
-        init: str = "default",
+        weights: WeightsMode = "piecewise",
+        init: InitMode = "default",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -73,6 +73,10 @@ class SeparableField(SeparableMixin, Field):
             if not isinstance(X, Tensor) or X.shape != (half, half):
                 raise ValueError(f"X must be a ({half}, {half}) tensor, got {getattr(X, 'shape', X)!r}")
             self.register_buffer("X_matrix", X.detach().clone().to(**{k: v for k, v in factory.items() if v}))
+
+    def parameters_per_layer(self) -> int:
+        """K_p, K_q (m × n/2 each) and b_p, b_q (m each) per layer: n²/2 + n with the default width m = n/2."""
+        return 2 * (self.width * self.half + self.width)
 
     def _init_weights(self, init: str, factory: dict) -> None:
         self._stacked("Kp", (self.width, self.half), self.half, init, factory)
@@ -185,8 +189,8 @@ class MS3Field(SeparableField):
         n_layers: int,
         width: int | None = None,
         activation: str | Activation = "tanh",
-        weights: str = "piecewise",
-        init: str = "default",
+        weights: WeightsMode = "piecewise",
+        init: InitMode = "default",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -252,8 +256,8 @@ class SparseSeparableField(SeparableField):
         n_nodes: int | None = None,
         X: str | None = None,
         activation: str | Activation = "tanh",
-        weights: str = "piecewise",
-        init: str = "default",
+        weights: WeightsMode = "piecewise",
+        init: InitMode = "default",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
@@ -276,6 +280,10 @@ class SparseSeparableField(SeparableField):
         self.register_buffer("_cols", cols.to(device=device), persistent=False)
         if self._sparse_X:
             self.X_blocks = nn.Parameter(torch.eye(s, dtype=dtype, device=device).repeat(G, 1, 1))
+
+    def parameters_per_layer(self) -> int:
+        """The nonzeros of K_p and K_q (the graph's blocks) and b_p, b_q per layer."""
+        return 2 * (int(self._pattern[0].numel()) + self.width)
 
     def _init_weights(self, init: str, factory: dict) -> None:
         # fan-in of a row of K is the number of nonzeros in it (neighbours x block size)

@@ -7,7 +7,14 @@ fields), a :class:`RungeKutta` (an explicit Butcher tableau, any field) or an
 runs on the autograd reference path.
 """
 
-from .base import Integrator, get_integrator, list_integrators, register_integrator, unregister_integrator
+from .base import (
+    Integrator,
+    StepOps,
+    get_integrator,
+    list_integrators,
+    register_integrator,
+    unregister_integrator,
+)
 from .explicit import RK4, RK38, Euler, Heun, Midpoint
 from .implicit import GaussLegendre4, ImplicitMidpoint, ImplicitRungeKutta, ImplicitSolveError
 from .runge_kutta import RungeKutta
@@ -29,6 +36,7 @@ __all__ = [
     "Midpoint",
     "RungeKutta",
     "SplittingMethod",
+    "StepOps",
     "Suzuki4",
     "SymplecticEuler",
     "SymplecticEulerQP",

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from torch import Tensor
 
-__all__ = ["Integrator", "get_integrator", "list_integrators", "register_integrator"]
+__all__ = ["Integrator", "StepOps", "get_integrator", "list_integrators", "register_integrator"]
 
 _REGISTRY: dict[str, type["Integrator"]] = {}
 
@@ -24,6 +24,50 @@ T = TypeVar("T", bound=type["Integrator"])
 Bounds = Mapping[str, Tensor]
 """Lipschitz bounds of one layer's field at one time: ``"full"`` (‖∂f/∂y‖₂) and, for separable fields,
 ``"dp"`` (‖∂(dp/dt)/∂q‖₂) and ``"dq"`` (‖∂(dq/dt)/∂p‖₂)."""
+
+
+class StepOps(Protocol):
+    """What a fused step may call: one pass's evaluations of the field, layer by layer, without autograd.
+
+    The fused engine (:class:`hamode.engines.FusedOps`) implements it over a field's
+    :class:`~hamode.fields.FusedField` methods. ``j`` is the layer; an evaluation returns ``base + alpha f(y)``
+    (``alpha f(y)`` without a base) and a context for its VJP; a VJP returns ``base + alpha (∂f/∂y)ᵀ c`` and records
+    the evaluation's parameter factors for the gradients. Separable rules work on ``(p, q)`` with ``dp`` (a function
+    of q) and ``dq`` (of p); non-separable rules use ``f``.
+    """
+
+    field: Any
+    """The field (rules that choose a solver by the field read it)."""
+    stats: dict | None
+    """Where an implicit rule adds its iteration counts (None: not counted)."""
+
+    def f(self, j: int, y: Tensor, alpha: float = 1.0, base: Tensor | None = None) -> tuple[Tensor, Any]:
+        """``(base + alpha f(y), context)``."""
+        ...
+
+    def f_vjp(self, j: int, y: Tensor, ctx: Any, c: Tensor, alpha: float = 1.0, base: Tensor | None = None) -> Tensor:
+        """``base + alpha (∂f/∂y)ᵀ c``, recording the parameter factors."""
+        ...
+
+    def state_vjp(self, j: int, y: Tensor, ctx: Any, c: Tensor) -> Tensor:
+        """``(∂f/∂y)ᵀ c`` without recording parameter factors (inner solves of implicit steps)."""
+        ...
+
+    def dp(self, j: int, q: Tensor, alpha: float = 1.0, base: Tensor | None = None) -> tuple[Tensor, Any]:
+        """``(base + alpha dp/dt(q), context)``."""
+        ...
+
+    def dp_vjp(self, j: int, q: Tensor, ctx: Any, c: Tensor, alpha: float = 1.0, base: Tensor | None = None) -> Tensor:
+        """``base + alpha (∂(dp/dt)/∂q)ᵀ c``, recording the parameter factors."""
+        ...
+
+    def dq(self, j: int, p: Tensor, alpha: float = 1.0, base: Tensor | None = None) -> tuple[Tensor, Any]:
+        """``(base + alpha dq/dt(p), context)``."""
+        ...
+
+    def dq_vjp(self, j: int, p: Tensor, ctx: Any, c: Tensor, alpha: float = 1.0, base: Tensor | None = None) -> Tensor:
+        """``base + alpha (∂(dq/dt)/∂p)ᵀ c``, recording the parameter factors."""
+        ...
 
 
 class Integrator(abc.ABC):
@@ -70,18 +114,17 @@ class Integrator(abc.ABC):
         raise NotImplementedError(f"integrator {self.name!r} is not reversible")
 
     # ---------------------------------------------------------------- fused gradient engine (optional)
-    # ``ops`` is a hamode.fused.FusedOps: ops.f(j, y, alpha, base) -> (base + alpha f(y), ctx) and
-    # ops.f_vjp(j, y, ctx, c, alpha, base) -> base + alpha (∂f/∂y)ᵀ c (separable: ops.dp/dq on q/p). Separable rules
-    # get the state as a (p, q) tuple. The tape is a flat tuple of tensors of fixed length.
-    def fused_step(self, ops, j: int, state, dt: float):
+    # ``ops`` is a StepOps (above). Separable rules get the state as a (p, q) tuple. The tape is a flat tuple of
+    # tensors (or tuples of tensors) of fixed structure.
+    def fused_step(self, ops: StepOps, j: int, state, dt: float):
         """One step without autograd; returns ``(next_state, tape)``."""
         raise NotImplementedError(f"integrator {self.name!r} has no fused step")
 
-    def fused_vjp(self, ops, j: int, tape: tuple, g, dt: float):
+    def fused_vjp(self, ops: StepOps, j: int, tape: tuple, g, dt: float):
         """Cotangent of the step's input from the cotangent ``g`` of its output (and the tape)."""
         raise NotImplementedError(f"integrator {self.name!r} has no fused step")
 
-    def fused_inverse(self, ops, j: int, state, dt: float):
+    def fused_inverse(self, ops: StepOps, j: int, state, dt: float):
         """The exact inverse step, without autograd (reversible rules)."""
         raise NotImplementedError(f"integrator {self.name!r} is not reversible")
 

@@ -27,7 +27,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from .base import Bounds, Integrator, register_integrator
+from ..autograd_context import plain_autograd
+from .base import Bounds, Integrator, StepOps, register_integrator
 from .runge_kutta import check_consistency
 
 __all__ = ["GaussLegendre4", "ImplicitMidpoint", "ImplicitRungeKutta", "ImplicitSolveError"]
@@ -236,9 +237,7 @@ class ImplicitRungeKutta(Integrator):
 
     # ---------------------------------------------------------------- the step (autograd through the IFT)
     def step(self, f, t, y: Tensor, dt: float, stats: dict | None = None) -> Tensor:
-        from ..engine import fused_allowed
-
-        if not fused_allowed():
+        if not plain_autograd():
             raise RuntimeError(
                 f"{self.name}: implicit steps solve their stage equations eagerly and take their gradients by the "
                 "implicit function theorem, which torch.func transforms (vmap, grad, jacrev, jacfwd) and forward-mode "
@@ -313,7 +312,7 @@ class ImplicitRungeKutta(Integrator):
     # each stage's input and activation context at the converged solution (the last evaluation of the iteration);
     # the VJP solves the transposed stage system with unrecorded VJPs and records one VJP per stage (with the
     # solution μ_i), so the parameter gradients are exact for the discrete step.
-    def fused_step(self, ops, j, y, dt):
+    def fused_step(self, ops: StepOps, j, y, dt):
         contexts: list = []
 
         def evaluate(K: Tensor) -> Tensor:
@@ -338,7 +337,7 @@ class ImplicitRungeKutta(Integrator):
         tape = tuple(item for pair in zip(Y, contexts) for item in pair)
         return y + dt * _weighted(self.b, K), tape
 
-    def fused_vjp(self, ops, j, tape, g, dt):
+    def fused_vjp(self, ops: StepOps, j, tape, g, dt):
         Y, contexts = tape[0::2], tape[1::2]
         kbar = torch.stack([(dt * bi) * g for bi in self.b])
         if self.solver_for(ops.field) == "newton":
@@ -357,10 +356,10 @@ class ImplicitRungeKutta(Integrator):
             out = ops.f_vjp(j, yi, ctx, mi, 1.0, out)
         return out
 
-    def fused_inverse(self, ops, j, state, dt):
+    def fused_inverse(self, ops: StepOps, j, state, dt):
         return self.fused_step(ops, j, state, -dt)[0]
 
-    def _fused_jacobian(self, ops, j, y: Tensor, ctx) -> Tensor:
+    def _fused_jacobian(self, ops: StepOps, j, y: Tensor, ctx) -> Tensor:
         """``∂f/∂y`` per row, ``(rows, n, n)``, by one unrecorded analytic VJP on n copies of the rows (copy k with
         the cotangent ``e_k`` gives row k of each Jacobian)."""
         rows, n = y.shape

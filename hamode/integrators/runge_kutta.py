@@ -9,7 +9,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import Bounds, Integrator
+from .base import Bounds, Integrator, StepOps
 
 __all__ = ["RungeKutta", "check_consistency"]
 
@@ -94,7 +94,7 @@ class RungeKutta(Integrator):
         return y + dt * _combination(self.b, ks)
 
     # ---------------------------------------------------------------- fused engine
-    def fused_step(self, ops, j, y, dt):
+    def fused_step(self, ops: StepOps, j, y, dt):
         f = ops.f
         acc = [y] * self._n_sums  # stage inputs and (last) the output, built as the k's arrive
         tape = []
@@ -110,7 +110,7 @@ class RungeKutta(Integrator):
             tape += (yi, ctx)
         return acc[-1], tuple(tape)
 
-    def fused_vjp(self, ops, j, tape, g, dt):
+    def fused_vjp(self, ops: StepOps, j, tape, g, dt):
         f_vjp = ops.f_vjp
         gys = [None] * self._n_sums  # stage-input cotangents; the last slot is the output's
         gys[-1] = g

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from .base import Bounds, Integrator
+from .base import Bounds, Integrator, StepOps
 
 __all__ = ["SplittingMethod", "compose"]
 
@@ -117,7 +117,7 @@ class SplittingMethod(Integrator):
         return f.join(p, q)
 
     # ---------------------------------------------------------------- fused engine
-    def fused_step(self, ops, j, state, dt):
+    def fused_step(self, ops: StepOps, j, state, dt):
         p, q = state
         tape: list[Tensor] = []
         for kind, w, _ in self.operations:
@@ -130,7 +130,7 @@ class SplittingMethod(Integrator):
             tape.append(s)
         return (p, q), tuple(tape)
 
-    def fused_vjp(self, ops, j, tape, g, dt):
+    def fused_vjp(self, ops: StepOps, j, tape, g, dt):
         gp, gq = g
         for i in reversed(range(len(self.operations))):
             kind, w, _ = self.operations[i]
@@ -141,7 +141,7 @@ class SplittingMethod(Integrator):
                 gp = ops.dq_vjp(j, x, s, gq, w * dt, gp)
         return gp, gq
 
-    def fused_inverse(self, ops, j, state, dt):
+    def fused_inverse(self, ops: StepOps, j, state, dt):
         p, q = state
         for kind, w, _ in reversed(self.operations):
             if kind == _KICK:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from .grid import Schedule
+    from ..grid import Schedule
 
 __all__ = ["ADAPTIVE_METHODS", "FIXED_METHODS", "ContinuousSolver", "list_torchdiffeq_methods"]
 

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .fused import FusedSpec, check_versions, parameter_gradients, tensor_versions
+from ..autograd_context import plain_autograd
+from .common import FusedSpec, check_versions, parameter_gradients, tensor_versions
 
 __all__ = ["ReversibleFlow", "fused_allowed", "reference_flow", "reference_gradients"]
 
@@ -83,21 +84,10 @@ def reference_gradients(spec: FusedSpec, y0: Tensor, g: Tensor, params: list[Ten
     return (gy, *param_grads)
 
 
-def _functorch_active() -> bool:
-    """True inside a ``torch.func`` transform (vmap, grad, jacrev, jacfwd, functionalize)."""
-    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
-
-
-def _forward_ad_active() -> bool:
-    from torch.autograd import forward_ad
-
-    return getattr(forward_ad, "_current_level", -1) >= 0
-
-
 def fused_allowed() -> bool:
-    """Whether the fused Function may run in the current context (not inside torch.func or forward-mode AD)."""
-    return not (_functorch_active() or _forward_ad_active())
+    """Whether a hand-written ``autograd.Function`` (the fused engine, the reversible flows) may run here: not
+    inside torch.func transforms or forward-mode AD, which do not see its backward."""
+    return plain_autograd()
 
 
 class ReversibleFlow(torch.autograd.Function):

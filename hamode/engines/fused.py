@@ -16,26 +16,25 @@ Applies to fields that provide :class:`hamode.fields.FusedField` and integrators
 step (every declared splitting and Runge-Kutta method), for piecewise-constant and constant
 weights; :class:`hamode.HamiltonianNet` runs the autograd reference elsewhere (linear weights,
 torchdiffeq, autograd fields) and wherever the fused Function cannot be traced or transformed
-(see :mod:`hamode.engine`).
+(see :mod:`hamode.engines`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from .fields.base import FUSED_POOL_ATTRIBUTE
-from .grid import Schedule
-from .integrators import Integrator
+from ..fields import Field
+from ..fields.base import Factors, FusedField, FusedWeights
+from ..integrators import Integrator
+from .buffers import give_back, take_buffers
+from .common import FusedSpec, check_versions, parameter_gradients, tensor_versions
+from .reference import reference_gradients
 
 __all__ = [
     "FACTOR_BUDGET_BYTES",
     "FusedFlow",
     "FusedOps",
-    "FusedSpec",
     "fused_applies",
     "fused_forward",
     "fused_inverse_flow",
@@ -50,72 +49,8 @@ LARGE_ROWS = 2048
 and stacking would only copy: gradients are then formed one layer at a time, from views."""
 
 
-@dataclass(frozen=True)
-class FusedSpec:
-    """What one fused pass runs: the field, the integrator and the schedule, fixed at the forward.
-
-    The backward reads only this (never the net), so changing a net's integrator, substeps or
-    gradient mode between a forward and its backward cannot change the gradient of that forward.
-    """
-
-    field: torch.nn.Module
-    integrator: Integrator
-    schedule: Schedule
-    reversible: bool = False
-    stats: dict | None = dataclasses.field(default=None, compare=False, repr=False)
-    """Where an implicit rule adds its iteration counts during the forward (None: not counted)."""
-
-
-POOL_ATTRIBUTE = FUSED_POOL_ATTRIBUTE
-"""Where a field keeps its free fused-weight buffer sets (an instance attribute, dropped when pickled or copied)."""
-
-
-class _BufferSet:
-    """Buffers for one pass's fused weights and the per-node views into them.
-
-    A view costs about a microsecond, as much as a small layer's products, so the views are made once per
-    buffer set and each pass copies its weights into the buffers (one copy per key). A set belongs to one
-    pass at a time: :class:`FusedOps` takes it from its field's pool and gives it back when it is freed
-    (after the backward, or when the graph is dropped), so two pending passes never share buffers.
-    """
-
-    __slots__ = ("bufs", "nodes", "signature")
-
-    def __init__(self, field, fw: dict[str, Tensor], signature) -> None:
-        shared = field.fused_shared_keys
-        self.signature = signature
-        self.bufs = {k: torch.empty(v.shape, dtype=v.dtype, device=v.device) for k, v in fw.items()}
-        common = {k: v for k, v in self.bufs.items() if k in shared}
-        keys = [k for k in self.bufs if k not in shared]
-        if keys:
-            columns = [self.bufs[k].unbind(0) for k in keys]
-            self.nodes = [{**common, **dict(zip(keys, vals))} for vals in zip(*columns)]
-        else:
-            self.nodes = [common] * field.n_nodes
-
-
-def _take_buffers(field, fw: dict[str, Tensor]) -> _BufferSet:
-    # inference tensors (made under torch.inference_mode) cannot be written outside it, and the other way round
-    inference = torch.is_inference_mode_enabled()
-    signature = (inference, *((k, v.shape, v.dtype, v.device) for k, v in fw.items()))
-    pool = field.__dict__.setdefault(POOL_ATTRIBUTE, {})
-    for key in [k for k in pool if k != signature]:  # the field changed dtype, device, shapes or inference mode
-        del pool[key]
-    free = pool.get(signature)
-    buffers = free.pop() if free else _BufferSet(field, fw, signature)
-    for k, buf in buffers.bufs.items():
-        buf.copy_(fw[k])
-    return buffers
-
-
-def _give_back(field, buffers: _BufferSet) -> None:
-    pool = field.__dict__.get(POOL_ATTRIBUTE)
-    if pool is not None and (not pool or buffers.signature in pool):
-        pool.setdefault(buffers.signature, []).append(buffers)
-
-
 class FusedOps:
-    """The field's fused right-hand sides for one pass.
+    """The field's fused right-hand sides for one pass: the :class:`hamode.integrators.StepOps` a fused step calls.
 
     Holds one dict of per-layer weight views (built once, shared by the forward and the
     backward of a step) and records each VJP's parameter factors and scale by half-field
@@ -141,16 +76,20 @@ class FusedOps:
         "w",
     )
 
-    def __init__(self, field, fw: dict[str, Tensor], stats: dict | None = None) -> None:
+    def __init__(self, field: FusedField, fw: FusedWeights, stats: dict | None = None) -> None:
         self.field, self.fw, self.stats = field, fw, stats
-        self._buffers = _take_buffers(field, fw)
+        self._buffers = take_buffers(field, fw)
         nodes = self._buffers.nodes
         self.w = nodes * field.n_layers if field.weights == "constant" else nodes
-        self.groups: dict[str, list] = {"f": [], "dp": [], "dq": []}
+        self.groups: dict[str, list[Factors]] = {"f": [], "dp": [], "dq": []}
         self.alphas: dict[str, list[float]] = {"f": [], "dp": [], "dq": []}
-        self._fe, self._fv = getattr(field, "fused_f", None), getattr(field, "fused_f_vjp", None)
-        self._dpe, self._dpv = getattr(field, "fused_dp", None), getattr(field, "fused_dp_vjp", None)
-        self._dqe, self._dqv = getattr(field, "fused_dq", None), getattr(field, "fused_dq_vjp", None)
+        if field.separable:  # a FusedSeparableField
+            self._dpe, self._dpv = field.fused_dp, field.fused_dp_vjp
+            self._dqe, self._dqv = field.fused_dq, field.fused_dq_vjp
+            self._fe = self._fv = None  # the full field from the two halves (no bound method of self: no cycle)
+        else:
+            self._fe, self._fv = field.fused_f, field.fused_f_vjp
+            self._dpe = self._dpv = self._dqe = self._dqv = None
         self._gf, self._af = self.groups["f"], self.alphas["f"]
 
     def reset(self) -> None:
@@ -161,25 +100,49 @@ class FusedOps:
         buffers = getattr(self, "_buffers", None)
         if buffers is not None:
             self._buffers = None
-            _give_back(self.field, buffers)
+            give_back(self.field, buffers)
 
     def f(self, j, y, alpha=1.0, base=None):
+        if self._fe is None:
+            return self._halves_f(self.w[j], y, alpha, base)
         return self._fe(self.w[j], y, alpha, base)
 
     def f_vjp(self, j, y, ctx, c, alpha=1.0, base=None):
+        if self._fv is None:  # separable: each half records its own factors
+            return self._halves_f_vjp(self.w[j], y, ctx, c, alpha, base, True)
         g, factors = self._fv(self.w[j], y, ctx, c, alpha, base)
-        if type(factors) is dict:  # a separable field's full f records per half-field
-            for key, fac in factors.items():
-                self.groups[key].append(fac)
-                self.alphas[key].append(alpha)
-        else:
-            self._gf.append(factors)  # the lists are cleared in place by reset(), never replaced
-            self._af.append(alpha)
+        self._gf.append(factors)  # the lists are cleared in place by reset(), never replaced
+        self._af.append(alpha)
         return g
 
     def state_vjp(self, j, y, ctx, c):
         """``(∂f/∂y)ᵀ c`` without recording parameter factors (for the inner solves of implicit steps)."""
+        if self._fv is None:
+            return self._halves_f_vjp(self.w[j], y, ctx, c, 1.0, None, False)
         return self._fv(self.w[j], y, ctx, c)[0]
+
+    # a separable field's full f and its VJP, for the Runge-Kutta and implicit rules
+    def _halves_f(self, w, y, alpha=1.0, base=None):
+        split, join = self.field.split, self.field.join
+        p, q = split(y)
+        bp, bq = split(base) if base is not None else (None, None)
+        kp, sq = self._dpe(w, q, alpha, bp)
+        kq, sp = self._dqe(w, p, alpha, bq)
+        return join(kp, kq), (sq, sp)
+
+    def _halves_f_vjp(self, w, y, ctx, c, alpha, base, record: bool):
+        split = self.field.split
+        p, q = split(y)
+        cp, cq = split(c)
+        bp, bq = split(base) if base is not None else (None, None)
+        gq, fq = self._dpv(w, q, ctx[0], cp, alpha, bq)
+        gp, fp = self._dqv(w, p, ctx[1], cq, alpha, bp)
+        if record:
+            self.groups["dp"].append(fq)
+            self.alphas["dp"].append(alpha)
+            self.groups["dq"].append(fp)
+            self.alphas["dq"].append(alpha)
+        return self.field.join(gp, gq)
 
     def dp(self, j, q, alpha=1.0, base=None):
         return self._dpe(self.w[j], q, alpha, base)
@@ -229,13 +192,8 @@ class FusedOps:
                 yield name, factors, a
 
 
-def fused_applies(field, integrator: Integrator | None = None, reversible: bool = False) -> bool:
-    """Whether the fused engine covers this field and integrator, its weights (and reversibility).
-
-    ``field`` may also be a :class:`hamode.HamiltonianNet` (its field and integrator are used).
-    """
-    if integrator is None and hasattr(field, "integrator"):
-        field, integrator = field.field, field.integrator
+def fused_applies(field: Field, integrator: Integrator | None, reversible: bool = False) -> bool:
+    """Whether the fused engine covers this field and integrator, its weights (and reversibility)."""
     if integrator is None or not (field.supports_fused and integrator.supports_fused):
         return False
     if field.weights not in ("piecewise", "constant"):
@@ -332,39 +290,6 @@ def fused_inverse_flow(spec: FusedSpec, y_end: Tensor) -> Tensor:
     return _join(spec, state).reshape(y_end.shape)
 
 
-def tensor_versions(field) -> list[int]:
-    """The version counters of the field's parameters and buffers: what a pass reads, and whose in-place
-    change between its forward and its backward the gradient engines refuse."""
-    return [t._version for t in (*field.parameters(), *field.buffers())]
-
-
-def parameter_gradients(table: dict[str, Tensor], grads: dict[str, Tensor], params: list[Tensor]) -> list:
-    """The parameters' gradients from the gradients of the weight-table entries (one autograd call through the
-    derived weights: skew K, scattered sparse K, J = A - Aᵀ, ...); None for parameters that need none."""
-    keys = [key for key in grads if table[key].requires_grad]
-    wanted = [i for i, p in enumerate(params) if p.requires_grad]
-    out: list[Tensor | None] = [None] * len(params)
-    if keys and wanted:
-        got = torch.autograd.grad(
-            [table[key] for key in keys], [params[i] for i in wanted], [grads[key] for key in keys], allow_unused=True
-        )
-        for i, gi in zip(wanted, got):
-            out[i] = gi
-    return out
-
-
-def check_versions(field, versions: list[int], what: str) -> None:
-    """Raise if a parameter or buffer of ``field`` changed in place since ``versions`` were taken."""
-    now = tensor_versions(field)
-    if now != versions:
-        names = [n for n, _ in field.named_parameters()] + [n for n, _ in field.named_buffers()]
-        changed = [n for n, a, b in zip(names, now, versions) if a != b] or ["(the set of tensors)"]
-        raise RuntimeError(
-            f"{', '.join(changed)} of the field {type(field).__name__} was modified in place between the forward and "
-            f"the backward pass of a {what} HamiltonianNet; call backward before changing it"
-        )
-
-
 class FusedFlow(torch.autograd.Function):
     """``FusedFlow.apply(spec, y0, *field_parameters) -> y(T)``; the buffers are checked, not differentiated.
 
@@ -394,8 +319,6 @@ class FusedFlow(torch.autograd.Function):
         check_versions(field, ctx.versions, "fused")
         params = list(field.parameters())
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference path instead
-            from .engine import reference_gradients
-
             return (None, *reference_gradients(spec, y0, g_out, params))
         with torch.enable_grad():
             table = field.weight_table()  # keeps the graph parameters -> (derived) weights

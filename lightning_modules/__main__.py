@@ -1,0 +1,5 @@
+"""``python -m lightning_modules``: the ``hamode`` command."""
+
+from .main import main
+
+main()
