@@ -54,6 +54,27 @@ def test_torch_compile_matches_eager(backend, gradient):
         assert _rel(a, b) <= 1e-4
 
 
+def test_import_hamode_does_not_load_dynamo_and_compile_still_guards_the_fused_engine():
+    """The compile guard is applied lazily (importing torch._dynamo cost ~1 s of `import hamode`); a net whose first
+    call is inside torch.compile still runs the fused engine eagerly and gives the eager numbers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, hamode\n"
+        "assert 'torch._dynamo' not in sys.modules, 'dynamo imported by hamode'\n"
+        "torch.manual_seed(0)\n"
+        "net = hamode.HamiltonianNet(hamode.make_field('H2', dim=4, n_layers=16), 8.0, 'symplectic_euler')\n"
+        "y = torch.randn(5, 4, requires_grad=True)\n"
+        "out_c = torch.compile(net, backend='aot_eager')(y); out_c.sum().backward(); g_c = y.grad.clone()\n"
+        "y.grad = None; out = net(y); out.sum().backward()\n"
+        "assert float((out_c - out).abs().max() / out.abs().max()) <= 1e-4\n"
+        "assert float((g_c - y.grad).abs().max() / y.grad.abs().max()) <= 1e-4\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_torch_compile_of_a_lightning_module():
     from hamode.models import Toy2DClassifier
     from lightning_modules import HDNNClassifier

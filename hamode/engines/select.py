@@ -3,6 +3,9 @@ mode and the autograd context."""
 
 from __future__ import annotations
 
+import functools
+import sys
+
 import torch
 from torch import Tensor
 
@@ -56,7 +59,25 @@ def solve(
     return reference_flow(field, integrator, schedule, y0, stats=stats), stats
 
 
-@torch.compiler.disable
+def eager_under_compile(fn):
+    """``torch.compiler.disable(fn)``, applied when it can matter: ``torch.compile`` cannot be tracing before
+    ``torch._dynamo`` is imported, so until then ``fn`` runs as it is, and ``import hamode`` does not pay the ~1 s
+    import of dynamo that the decorator costs (the guard is made on the first call after dynamo is loaded)."""
+    guarded = None
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        nonlocal guarded
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        if guarded is None:
+            guarded = torch.compiler.disable(fn)
+        return guarded(*args, **kwargs)
+
+    return call
+
+
+@eager_under_compile
 def _fused(spec: FusedSpec, y0: Tensor, needs_grad: bool) -> Tensor:
     """The fused engine; torch.compile runs it eagerly (a graph break) instead of tracing its Function."""
     if needs_grad:
@@ -64,6 +85,6 @@ def _fused(spec: FusedSpec, y0: Tensor, needs_grad: bool) -> Tensor:
     return fused_forward(spec, y0)
 
 
-@torch.compiler.disable
+@eager_under_compile
 def _reference_reversible(spec: FusedSpec, y0: Tensor, stats: dict | None = None) -> Tensor:
     return ReversibleFlow.apply(spec, stats, y0, *spec.field.parameters())
