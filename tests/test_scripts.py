@@ -216,3 +216,20 @@ def test_mnist_conv_study_at_tiny_sizes(tmp_path, capsys, mnist_dir):
     with pytest.raises(SystemExit):
         script.main(["--depth-lr", "-1"])
     assert "--depth-lr must be > 0, got -1.0" in capsys.readouterr().err
+
+
+def test_bench_models_baselines_compute_the_models_equations(tmp_path, capsys):
+    """Every hand-written baseline gives the hamode model's logits on the same weights (the benchmark refuses to
+    time variants that disagree), and one model's table is written."""
+    import torch
+
+    bench = load("bench_models")
+    for name, _, variants, x, _, reference in bench.model_cases(torch.device("cpu")):
+        assert bench._same_logits(variants, x[:8], reference) <= 1e-4, name
+    bench.main(["--out", str(tmp_path), "--only", "pixel_h1", "--repeats", "1", "--threads", "1"])
+    rows = read_csv(tmp_path / "bench_models.csv")[1:]
+    assert [r[2] for r in rows] == ["published-style loop", "hamode fused"] and float(rows[0][4]) == 1.0
+    assert "$ python scripts/bench_models.py" in capsys.readouterr().out
+    for bad in (["--repeats", "0"], ["--threads", "x"], ["--threads", "0"]):
+        with pytest.raises(SystemExit):
+            bench.main(["--out", str(tmp_path), *bad])

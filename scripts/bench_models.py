@@ -1,0 +1,322 @@
+"""Training-step speed of hamode's models against the loops a user would otherwise write, in one process.
+
+    python scripts/bench_models.py --out outputs/bench_models [--repeats 7] [--threads 1,2] [--device cpu]
+
+One training step = forward, cross-entropy + the smoothness regulariser, backward, optimizer step. Every
+baseline is written here, runs on the same weights (copied from the hamode model) and is checked to give the
+same logits before anything is timed. Repetitions are interleaved (the order rotates each time, so drift and
+the cost of running after another variant cancel out) and the median per variant is reported, with its ratio
+to the model's reference variant. Models:
+
+(a) ``cnn``: the default Hamiltonian CNN of ``make train`` (configs/mnist_conv_h2.yaml: ConvH2 16/32/64, 2 layers
+    per stage, h = 0.5, symplectic Euler, batch-norm transitions, batch 128, AdamW): hamode (fused engine),
+    hamode ``fast=False`` (autograd reference path), hamode ``gradient="reversible"``, a hand-written autograd loop
+    of the same layer equations (the baseline), and the ``ResidualCNN`` of the same frame.
+(b) ``pixel_h1`` / ``pixel_h2``: L4DC's per-pixel MNIST net (conv 1 -> 8, H-DNN on every pixel, 4 layers, batch
+    100; H1_J1 with forward Euler, H2 with symplectic Euler): hamode against the papers' layer equations written as
+    the published code writes them (a loop over layers with ``F.linear``, the state transposed per call).
+(c) ``deep2d_h1`` / ``deep2d_h2``: the 2-D classifier at depth 1024 (n = 4, batch 125; H1_J1 with forward Euler,
+    H2 with symplectic Euler): hamode (backprop and reversible where the rule is reversible) against a plain
+    autograd loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import markdown_table, out_dir, start, write_csv, write_text
+
+import hamode
+from hamode.models import MNISTHDNN, HamiltonianCNN, ResidualCNN, Toy2DClassifier
+
+ALPHA = 1e-4  # the smoothness regulariser's weight (the CNN config's)
+
+
+# ---------------------------------------------------------------- the hand-written baselines
+class HandCNN(nn.Module):
+    """The Hamiltonian CNN with its stages written as a plain loop of TAC's H2 layer on images (symplectic Euler):
+    ``p -= h K_qᵀ σ(K_q q + b_q)``, ``q += h K_pᵀ σ(K_p p + b_p)``; the stem, transitions and head are the model's."""
+
+    def __init__(self, cnn: HamiltonianCNN) -> None:
+        super().__init__()
+        self.cnn = cnn  # its parameters are the baseline's parameters
+        self.h = [stage.h for stage in cnn.stages]
+
+    def stage(self, i: int, y: Tensor) -> Tensor:
+        field, h = self.cnn.stages[i].field, self.h[i]
+        half = field.half
+        p, q = y[:, :half], y[:, half:]
+        for j in range(field.n_layers):
+            z = torch.tanh(F.conv2d(q, field.Kq[j], field.bq[j], padding=1))
+            p = p - h * F.conv_transpose2d(z, field.Kq[j], padding=1)
+            z = torch.tanh(F.conv2d(p, field.Kp[j], field.bp[j], padding=1))
+            q = q + h * F.conv_transpose2d(z, field.Kp[j], padding=1)
+        return torch.cat([p, q], 1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        cnn = self.cnn
+        y = cnn.stem(images)
+        for i in range(len(cnn.stages)):
+            if i:
+                y = cnn.transitions[i - 1](y)
+            y = self.stage(i, y)
+        return cnn.head(y.mean((-2, -1)))
+
+    def regularization(self, alpha: float) -> Tensor:
+        return self.cnn.regularization(alpha)
+
+
+class PublishedPixelNet(nn.Module):
+    """L4DC's per-pixel net as the published code writes it: the conv's ``(B, C, H, W)`` output transposed to put
+    the channels last for each call of the H-DNN, then a loop over layers with ``F.linear``."""
+
+    def __init__(self, model: MNISTHDNN, method: str) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+        self.h = model.net.h
+
+    def flow(self, Y: Tensor) -> Tensor:
+        field, h = self.model.net.field, self.h
+        if self.method == "euler":  # H1: Y + h σ(Y Kᵀ + b) K Jᵀ
+            K, b, J = field.K, field.b, field.J
+            for j in range(field.n_layers):
+                Y = Y + h * F.linear(torch.tanh(F.linear(Y, K[j], b[j])), J @ K[j].T)
+            return Y
+        half = field.half  # H2, symplectic Euler
+        P, Q = Y[..., :half], Y[..., half:]
+        for j in range(field.n_layers):
+            P = P - h * F.linear(torch.tanh(F.linear(Q, field.Kq[j], field.bq[j])), field.Kq[j].T)
+            Q = Q + h * F.linear(torch.tanh(F.linear(P, field.Kp[j], field.bp[j])), field.Kp[j].T)
+        return torch.cat([P, Q], -1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        y = self.model.conv(images)  # (B, C, H, W)
+        y = self.flow(y.transpose(1, 3)).transpose(1, 3)  # channels last for the call, back afterwards
+        return self.model.head(y.permute(0, 2, 3, 1).flatten(1))
+
+    def regularization(self, alpha: float) -> Tensor:
+        return self.model.regularization(alpha)
+
+
+class PlainDeep2D(nn.Module):
+    """The 2-D classifier with its flow as a plain autograd loop (forward Euler on H1, symplectic Euler on H2)."""
+
+    def __init__(self, model: Toy2DClassifier, method: str) -> None:
+        super().__init__()
+        self.model, self.method = model, method
+        self.h = model.net.h
+
+    def flow(self, y: Tensor) -> Tensor:
+        field, h = self.model.net.field, self.h
+        if self.method == "euler":
+            K, b, J = field.K, field.b, field.J
+            for j in range(field.n_layers):
+                y = y + h * ((torch.tanh(y @ K[j].T + b[j]) @ K[j]) @ J.T)
+            return y
+        half, X = field.half, field.X
+        p, q = y[..., :half], y[..., half:]
+        for j in range(field.n_layers):
+            p = p - h * ((torch.tanh(q @ field.Kq[j].T + field.bq[j]) @ field.Kq[j]) @ X)
+            q = q + h * ((torch.tanh(p @ field.Kp[j].T + field.bp[j]) @ field.Kp[j]) @ X.T)
+        return torch.cat([p, q], -1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.model
+        out = m.head(self.flow(m.embed(x)))
+        return out.squeeze(-1) if m.head_kind == "logit" else out
+
+    def regularization(self, alpha: float) -> Tensor:
+        return self.model.regularization(alpha)
+
+
+# ---------------------------------------------------------------- the benchmark
+OTHER_MODELS = ("ResidualCNN",)
+"""Variants that are other models of the same frame (timed beside the others, not the same equations)."""
+
+
+def _same_logits(variants: dict[str, nn.Module], x: Tensor, reference: str) -> float:
+    """The largest relative difference of each variant's logits from the reference's (eval mode, no step yet)."""
+    with torch.no_grad():
+        outs = {}
+        for name, model in variants.items():
+            if name in OTHER_MODELS:
+                continue
+            was = model.training
+            model.eval()
+            outs[name] = model(x)
+            model.train(was)
+    ref = outs[reference]
+    worst = max(float((o - ref).abs().max() / ref.abs().max()) for o in outs.values())
+    if worst > 1e-4:
+        raise SystemExit(
+            f"the variants disagree before timing: relative difference {worst:.2e} (reference {reference})"
+        )
+    return worst
+
+
+def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> Callable[[], None]:
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = (
+            F.binary_cross_entropy_with_logits(logits, y.to(logits.dtype))
+            if logits.dim() == 1
+            else F.cross_entropy(logits, y)
+        )
+        reg = getattr(model, "regularization", None)  # the Hamiltonian models' smoothness regulariser
+        (loss + reg(ALPHA) if reg is not None else loss).backward()
+        opt.step()
+
+    return step
+
+
+def _time(fns: dict[str, Callable[[], None]], repeats: int, sync: Callable[[], None]) -> dict[str, float]:
+    names = list(fns)
+    for fn in fns.values():  # warm-up (allocations, oneDNN primitives)
+        fn()
+        fn()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            sync()
+            t = time.perf_counter()
+            fns[name]()
+            sync()
+            times[name].append(time.perf_counter() - t)
+    return {n: statistics.median(ts) * 1e3 for n, ts in times.items()}
+
+
+def model_cases(device: torch.device) -> list[tuple[str, str, dict[str, nn.Module], Tensor, Tensor, str]]:
+    """``(model, description, variants, x, y, the variant the others are compared with)`` for every model."""
+    torch.manual_seed(0)
+    cases = []
+    cnn_args = dict(channels=[16, 32, 64], layers=[2, 2, 2], h=0.5, integrator="symplectic_euler", norm="batch")
+    cnn = HamiltonianCNN(**cnn_args)
+    reference = copy.deepcopy(cnn)
+    for stage in reference.stages:
+        stage.fast = False
+    reversible = copy.deepcopy(cnn)
+    for stage in reversible.stages:
+        stage.set_integrator("symplectic_euler", gradient="reversible")
+    torch.manual_seed(0)
+    residual = ResidualCNN(channels=[16, 32, 64], layers=[2, 2, 2], h=0.5, norm="batch")
+    variants = {
+        "hand-written loop": HandCNN(copy.deepcopy(cnn)),
+        "hamode fused": cnn,
+        "hamode fast=False": reference,
+        "hamode reversible": reversible,
+        "ResidualCNN": residual,
+    }
+    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    cases.append(
+        (
+            "cnn",
+            "HamiltonianCNN, ConvH2 16/32/64 x 2 layers, symplectic Euler, batch 128, AdamW",
+            variants,
+            x,
+            y,
+            "hand-written loop",
+        )
+    )
+    for name, arch, method in (("pixel_h1", "H1_J1", "euler"), ("pixel_h2", "H2", "symplectic_euler")):
+        torch.manual_seed(0)
+        model = MNISTHDNN(arch, channels=8, n_layers=4, h=0.5, integrator=method)
+        variants = {"published-style loop": PublishedPixelNet(copy.deepcopy(model), method), "hamode fused": model}
+        x, y = torch.randn(100, 1, 28, 28), torch.randint(0, 10, (100,))
+        cases.append(
+            (
+                name,
+                f"MNISTHDNN {arch} per pixel, conv 1->8, 4 layers, {method}, batch 100, Adam",
+                variants,
+                x,
+                y,
+                "published-style loop",
+            )
+        )
+    for name, arch, method in (("deep2d_h1", "H1_J1", "euler"), ("deep2d_h2", "H2", "symplectic_euler")):
+        torch.manual_seed(0)
+        model = Toy2DClassifier(arch, dim=4, n_layers=1024, h=0.05, integrator=method)
+        variants = {"plain loop": PlainDeep2D(copy.deepcopy(model), method), "hamode fused": model}
+        if hamode.get_integrator(method).reversible:
+            rev = copy.deepcopy(model)
+            rev.net.set_integrator(method, gradient="reversible")
+            variants["hamode reversible"] = rev
+        x, y = torch.randn(125, 2), torch.randint(0, 2, (125,))
+        cases.append(
+            (
+                name,
+                f"Toy2DClassifier {arch}, n = 4, depth 1024, {method}, batch 125, Adam",
+                variants,
+                x,
+                y,
+                "plain loop",
+            )
+        )
+    out = []
+    for name, desc, variants, x, y, ref in cases:
+        variants = {k: v.to(device) for k, v in variants.items()}
+        out.append((name, desc, variants, x.to(device), y.to(device), ref))
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="outputs/bench_models")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved repetitions per variant (default 7)")
+    parser.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated (default 1,2)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--only", default="", help="run only the models whose name contains this text")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        parser.error(f"--threads must be comma-separated integers, got {args.threads!r}")
+    if any(t < 1 for t in threads):
+        parser.error(f"--threads must be >= 1, got {args.threads!r}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    start(None if argv is None else ["scripts/bench_models.py", *argv])
+    out = out_dir(args.out)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    rows, sections = [], []
+    for name, desc, variants, x, y, ref in model_cases(device):
+        if args.only and args.only not in name:
+            continue
+        worst = _same_logits(variants, x, ref)
+        opts = {}
+        for k, m in variants.items():
+            cls = torch.optim.AdamW if name == "cnn" else torch.optim.Adam
+            opts[k] = cls(m.parameters(), lr=1e-3)
+        steps = {k: _train_step(m, opts[k], x, y) for k, m in variants.items()}
+        for t in threads if device.type == "cpu" else [0]:
+            if t:
+                torch.set_num_threads(t)
+            ms = _time(steps, args.repeats, sync)
+            label = f"{t} thread{'s' if t > 1 else ''}" if t else args.device
+            table_rows = [[k, ms[k], ms[k] / ms[ref]] for k in variants]
+            rows += [[name, label, k, v, r] for k, v, r in table_rows]
+            table = markdown_table(["variant", "ms per training step", f"x {ref}"], table_rows)
+            sections.append(f"### {name}: {desc} ({label})\n\nlogits agree to {worst:.1e} before timing\n\n{table}\n")
+            print(sections[-1], flush=True)
+    machine = f"{torch.__version__}, device {args.device}, median of {args.repeats} interleaved repetitions"
+    write_csv(out / "bench_models.csv", ["model", "threads", "variant", "ms", "ratio"], rows)
+    write_text(out / "bench_models.md", f"Training step, {machine}\n\n" + "\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
