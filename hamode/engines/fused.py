@@ -338,8 +338,7 @@ class FusedFlow(torch.autograd.Function):
                 for _ in substeps:
                     k -= 1
                     if spec.reversible:
-                        state = step.fused_inverse(ops, j, state, dt)
-                        tape = step.fused_step(ops, j, state, dt)[1]
+                        state, tape = step.fused_inverse_with_tape(ops, j, state, dt)
                     else:
                         tape = _tape(flat, widths, k, stride)
                     g = step.fused_vjp(ops, j, tape, g, dt)

@@ -128,6 +128,13 @@ class Integrator(abc.ABC):
         """The exact inverse step, without autograd (reversible rules)."""
         raise NotImplementedError(f"integrator {self.name!r} is not reversible")
 
+    def fused_inverse_with_tape(self, ops: StepOps, j: int, state, dt: float):
+        """``(previous state, its step's tape)``: what the reversible backward needs at each step. By default the
+        inverse step, then the step again from the rebuilt state for its tape; a rule whose inverse evaluates the
+        field where the step did (the splitting methods) returns the tape of its own evaluations instead."""
+        state = self.fused_inverse(ops, j, state, dt)
+        return state, self.fused_step(ops, j, state, dt)[1]
+
     def growth_bound(self, dt: float, bounds: Bounds | Sequence[Bounds]) -> Tensor:
         """An upper bound on the spectral norm of one step's Jacobian ``∂y_{k+1}/∂y_k``.
 

@@ -150,6 +150,22 @@ class SplittingMethod(Integrator):
                 q = ops.dq(j, p, -w * dt, q)[0]
         return p, q
 
+    def fused_inverse_with_tape(self, ops: StepOps, j, state, dt):
+        # undoing the operations in reverse order, operation i finds the half-state it was applied with: its kick
+        # (drift) evaluates dp at the q (dq at the p) the step evaluated, so these evaluations are the step's tape
+        p, q = state
+        n = len(self.operations)
+        tape: list = [None] * (2 * n)
+        for i in reversed(range(n)):
+            kind, w, _ = self.operations[i]
+            if kind == _KICK:
+                tape[2 * i] = q
+                p, tape[2 * i + 1] = ops.dp(j, q, -w * dt, p)
+            else:
+                tape[2 * i] = p
+                q, tape[2 * i + 1] = ops.dq(j, p, -w * dt, q)
+        return (p, q), tuple(tape)
+
     # ---------------------------------------------------------------- bounds
     def growth_bound(self, dt: float, bounds: Bounds | Sequence[Bounds]) -> Tensor:
         """Each kick/drift ``[[I, w dt A], [0, I]]`` has norm ``<= 1 + |w dt| ‖A‖``; the product bounds the step."""
