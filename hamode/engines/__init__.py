@@ -21,7 +21,7 @@ behind a graph break; a backward with ``create_graph=True`` recomputes on the re
 (:func:`reference_gradients`).
 """
 
-from .common import FusedSpec, check_versions, parameter_gradients, tensor_versions
+from .common import FusedSpec, bound_to, check_versions, parameter_gradients, pass_tensors, tensor_versions
 from .continuous import ADAPTIVE_METHODS, FIXED_METHODS, ContinuousSolver, list_torchdiffeq_methods
 from .fused import (
     FACTOR_BUDGET_BYTES,
@@ -44,6 +44,7 @@ __all__ = [
     "FusedOps",
     "FusedSpec",
     "ReversibleFlow",
+    "bound_to",
     "check_versions",
     "fused_allowed",
     "fused_applies",
@@ -51,6 +52,7 @@ __all__ = [
     "fused_inverse_flow",
     "list_torchdiffeq_methods",
     "parameter_gradients",
+    "pass_tensors",
     "reconstruct",
     "reference_flow",
     "reference_gradients",

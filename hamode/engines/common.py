@@ -3,7 +3,9 @@ both the fused and the reference engines use."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +14,7 @@ from torch import Tensor
 from ..grid import Schedule
 from ..integrators import Integrator
 
-__all__ = ["FusedSpec", "check_versions", "parameter_gradients", "tensor_versions"]
+__all__ = ["FusedSpec", "bound_to", "check_versions", "parameter_gradients", "pass_tensors", "tensor_versions"]
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,6 @@ class FusedSpec:
     """Where an implicit rule adds its iteration counts during the forward (None: not counted)."""
 
 
-def tensor_versions(field) -> list[int]:
-    """The version counters of the field's parameters and buffers: what a pass reads, and whose in-place
-    change between its forward and its backward the gradient engines refuse."""
-    return [t._version for t in (*field.parameters(), *field.buffers())]
-
-
 def parameter_gradients(table: dict[str, Tensor], grads: dict[str, Tensor], params: list[Tensor]) -> list:
     """The parameters' gradients from the gradients of the weight-table entries (one autograd call through the
     derived weights: skew K, scattered sparse K, J = A - Aᵀ, ...); None for parameters that need none."""
@@ -52,13 +48,40 @@ def parameter_gradients(table: dict[str, Tensor], grads: dict[str, Tensor], para
     return out
 
 
-def check_versions(field, versions: list[int], what: str) -> None:
-    """Raise if a parameter or buffer of ``field`` changed in place since ``versions`` were taken."""
-    now = tensor_versions(field)
+def pass_tensors(field) -> dict[str, Tensor]:
+    """The parameters and buffers a pass reads, by name, as the field holds them now: under
+    ``torch.func.functional_call`` these are the substitutes, which the module gives back before the backward."""
+    return dict(itertools.chain(field.named_parameters(), field.named_buffers()))
+
+
+def tensor_versions(tensors: dict[str, Tensor]) -> list[int]:
+    """The version counters of the tensors a pass read (see :func:`pass_tensors`)."""
+    return [t._version for t in tensors.values()]
+
+
+def check_versions(field, tensors: dict[str, Tensor], versions: list[int], what: str) -> None:
+    """Raise if a tensor the pass read (``tensors``, from :func:`pass_tensors` at its forward) changed in place
+    since ``versions`` were taken. The tensors compared are those the forward used, not the module's current
+    ones, so a ``functional_call`` forward is checked against its own weights."""
+    now = tensor_versions(tensors)
     if now != versions:
-        names = [n for n, _ in field.named_parameters()] + [n for n, _ in field.named_buffers()]
-        changed = [n for n, a, b in zip(names, now, versions) if a != b] or ["(the set of tensors)"]
+        changed = [n for n, a, b in zip(tensors, now, versions) if a != b]
         raise RuntimeError(
             f"{', '.join(changed)} of the field {type(field).__name__} was modified in place between the forward and "
             f"the backward pass of a {what} HamiltonianNet; call backward before changing it"
         )
+
+
+@contextlib.contextmanager
+def bound_to(field, tensors: dict[str, Tensor]):
+    """Within the block, ``field`` reads ``tensors`` (those its forward read): a backward run after
+    ``torch.func.functional_call`` has put the module's own weights back differentiates the weights the forward
+    used. Nothing is swapped when the field holds them already."""
+    current = pass_tensors(field)
+    if current.keys() == tensors.keys() and all(current[k] is v for k, v in tensors.items()):
+        yield
+        return
+    from torch.nn.utils.stateless import _reparametrize_module  # what torch.func.functional_call itself uses
+
+    with _reparametrize_module(field, tensors):
+        yield

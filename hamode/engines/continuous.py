@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from .common import bound_to, pass_tensors
+
 if TYPE_CHECKING:
     from ..grid import Schedule
 
@@ -72,11 +74,15 @@ class _Dynamics(nn.Module):
         self.grid = grid
         self.stats = stats
         self.phase = "forward"
+        # the weights of this solve (a functional_call's substitutes too): the adjoint's backward solve, run after
+        # functional_call has given the module its own weights back, must evaluate the same field
+        self.tensors = pass_tensors(field)
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         key = "nfe" if self.phase == "forward" else "nfe_backward"
         self.stats[key] = self.stats.get(key, 0) + 1
-        return self.field.forward(t, y, self.grid)
+        with bound_to(self.field, self.tensors):
+            return self.field.forward(t, y, self.grid)
 
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
@@ -171,7 +177,7 @@ class ContinuousSolver:
         stats: dict[str, int] = {}
         dynamics = (_AdaptiveDynamics if self.adaptive else _Dynamics)(field, grid, stats)
         if gradient == "adjoint" and torch.is_grad_enabled():
-            params = tuple(p for p in field.parameters() if p.requires_grad)
+            params = tuple(p for p in dynamics.tensors.values() if p.requires_grad)
             out = tde.odeint_adjoint(
                 dynamics,
                 y0,

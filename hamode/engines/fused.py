@@ -28,7 +28,7 @@ from ..fields import Field
 from ..fields.base import Factors, FusedField, FusedWeights
 from ..integrators import Integrator
 from .buffers import give_back, take_buffers
-from .common import FusedSpec, check_versions, parameter_gradients, tensor_versions
+from .common import FusedSpec, bound_to, check_versions, parameter_gradients, pass_tensors, tensor_versions
 from .reference import reference_gradients
 
 __all__ = [
@@ -306,17 +306,24 @@ class FusedFlow(torch.autograd.Function):
             tapes: list | None = None if spec.reversible else []
             out = _run(spec, field.fused_rows(y0), ops, tapes)
         ctx.spec, ctx.shape, ctx.ops = spec, y0.shape, ops
-        ctx.versions = tensor_versions(field)
+        ctx.tensors = pass_tensors(field)  # what this forward read (a functional_call's substitutes too)
+        ctx.versions = tensor_versions(ctx.tensors)
         flat, ctx.tape_widths = _flatten_tapes(tapes or [])
         ctx.save_for_backward(y0, out, *flat)
         return out.reshape(y0.shape)
 
     @staticmethod
     def backward(ctx, g_out: Tensor):
+        field = ctx.spec.field
+        check_versions(field, ctx.tensors, ctx.versions, "fused")
+        with bound_to(field, ctx.tensors):  # the weights the forward used, whatever the module holds now
+            return FusedFlow._backward(ctx, g_out)
+
+    @staticmethod
+    def _backward(ctx, g_out: Tensor):
         spec: FusedSpec = ctx.spec
         field, step, schedule = spec.field, spec.integrator, spec.schedule
         y0, out, *flat = ctx.saved_tensors
-        check_versions(field, ctx.versions, "fused")
         params = list(field.parameters())
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference path instead
             return (None, *reference_gradients(spec, y0, g_out, params))
