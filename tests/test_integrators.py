@@ -114,6 +114,51 @@ def test_forward_euler_is_not_symplectic():
     assert symplecticity_defect(S, field.J).min().item() > 1e-3
 
 
+def _forward_euler_field(kind: str):
+    if kind == "H1_learnJ":
+        return hamode.H1Field(4, 64, J="learnable", init="normal", dtype=F64)
+    return hamode.make_field(kind, dim=4, n_layers=64, init="normal", dtype=F64)
+
+
+@pytest.mark.parametrize("kind", ["H1_J1", "H1_J2", "H1_learnJ", "MS1", "MS2", "MS3", "H2"])
+def test_forward_euler_never_contracts_the_volume(kind):
+    """Each forward-Euler layer's Jacobian is I + h J M with M ⪰ 0 and J skew: eigenvalues 1 ± i h ω, so
+    det(∂y_N/∂y_j) >= 1 and ‖∂y_N/∂y_j‖₂ >= 1 at any depth (docs/mathematics.md), symplectic or not."""
+    torch.manual_seed(5)
+    field = _forward_euler_field(kind)
+    if kind == "H1_learnJ":
+        with torch.no_grad():
+            for p in field.parameters():
+                if p.dim() == 2 and p.shape == (4, 4):
+                    p.normal_()  # a non-trivial learnable skew J
+    net = hamode.HamiltonianNet(field, t_end=6.4, integrator="euler")
+    S = backward_sensitivity(net, torch.randn(6, 4, dtype=F64), layers=[0, 16, 48, 63])
+    det = torch.linalg.det(S)
+    norm = torch.linalg.matrix_norm(S, 2)
+    assert det.min().item() >= 1 - 1e-10, det.min()
+    assert norm.min().item() >= 1 - 1e-10, norm.min()
+    if field.constant_structure:  # and yet not symplectic
+        assert symplecticity_defect(S[0], field.J).max().item() > 1e-6
+
+
+def test_rk4_gradients_vanish_on_a_constructed_net_where_euler_and_midpoint_do_not():
+    """RK4 on eigenvalues ±i h: |R(2.5 i)| ≈ 0.51 per layer; orthogonal K, b = 0, inputs near 0, 64 layers."""
+    n, depth, h = 4, 64, 2.5
+    field = hamode.make_field("H1_J1", dim=n, n_layers=depth, dtype=F64)
+    with torch.no_grad():
+        q, _ = torch.linalg.qr(torch.randn(depth, n, n, dtype=F64, generator=torch.Generator().manual_seed(0)))
+        field.K.copy_(q)
+        field.b.zero_()
+    y0 = 1e-3 * torch.randn(3, n, dtype=F64, generator=torch.Generator().manual_seed(1))
+    norms = {}
+    for rule in ("rk4", "euler", "implicit_midpoint"):
+        net = hamode.HamiltonianNet(field, t_end=h * depth, integrator=rule)
+        S = backward_sensitivity(net, y0, layers=[0])[0]
+        norms[rule] = torch.linalg.matrix_norm(S, 2).min().item()
+    assert norms["rk4"] < 1e-6, norms
+    assert norms["euler"] >= 1 - 1e-10 and norms["implicit_midpoint"] >= 1 - 1e-10, norms
+
+
 @pytest.mark.parametrize("name", symplectic_integrators())
 def test_ms1_layer_map_preserves_its_layer_structure(name):
     """MS1's J = [[0, K0⁻ᵀ], [-K0⁻¹, 0]] changes per layer; each layer's map preserves its own J."""
