@@ -3,12 +3,10 @@ mode and the autograd context."""
 
 from __future__ import annotations
 
-import functools
-import sys
-
 import torch
 from torch import Tensor
 
+from ..autograd_context import eager_under_compile
 from ..grid import Schedule
 from ..integrators import Integrator
 from .common import FusedSpec
@@ -57,24 +55,6 @@ def solve(
         if spec.reversible and needs_grad:
             return _reference_reversible(spec, y0, stats), stats
     return reference_flow(field, integrator, schedule, y0, stats=stats), stats
-
-
-def eager_under_compile(fn):
-    """``torch.compiler.disable(fn)``, applied when it can matter: ``torch.compile`` cannot be tracing before
-    ``torch._dynamo`` is imported, so until then ``fn`` runs as it is, and ``import hamode`` does not pay the ~1 s
-    import of dynamo that the decorator costs (the guard is made on the first call after dynamo is loaded)."""
-    guarded = None
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        nonlocal guarded
-        if "torch._dynamo" not in sys.modules:
-            return fn(*args, **kwargs)
-        if guarded is None:
-            guarded = torch.compiler.disable(fn)
-        return guarded(*args, **kwargs)
-
-    return call
 
 
 @eager_under_compile

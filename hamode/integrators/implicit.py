@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from ..autograd_context import plain_autograd
+from ..autograd_context import eager_under_compile, plain_autograd
 from .base import Bounds, Integrator, StepOps, register_integrator
 from .runge_kutta import check_consistency
 
@@ -236,6 +236,7 @@ class ImplicitRungeKutta(Integrator):
             G_new = K_new - evaluate(K_new)
 
     # ---------------------------------------------------------------- the step (autograd through the IFT)
+    @eager_under_compile  # the solve is eager (data-dependent iterations): torch.compile runs it behind a graph break
     def step(self, f, t, y: Tensor, dt: float, stats: dict | None = None) -> Tensor:
         if not plain_autograd():
             raise RuntimeError(
