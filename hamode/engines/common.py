@@ -14,7 +14,16 @@ from torch import Tensor
 from ..grid import Schedule
 from ..integrators import Integrator
 
-__all__ = ["FusedSpec", "bound_to", "check_versions", "parameter_gradients", "pass_tensors", "tensor_versions"]
+__all__ = [
+    "FusedSpec",
+    "bound_to",
+    "check_versions",
+    "parameter_gradients",
+    "pass_tensors",
+    "remember_weights",
+    "tensor_versions",
+    "weights_of_the_forward",
+]
 
 
 @dataclass(frozen=True)
@@ -84,4 +93,20 @@ def bound_to(field, tensors: dict[str, Tensor]):
     from torch.nn.utils.stateless import _reparametrize_module  # what torch.func.functional_call itself uses
 
     with _reparametrize_module(field, tensors):
+        yield
+
+
+def remember_weights(ctx, field) -> None:
+    """At a custom Function's forward: note the tensors the pass read and their versions (see
+    :func:`weights_of_the_forward`)."""
+    ctx.tensors = pass_tensors(field)  # a functional_call's substitutes too
+    ctx.versions = tensor_versions(ctx.tensors)
+
+
+@contextlib.contextmanager
+def weights_of_the_forward(ctx, what: str):
+    """At its backward: refuse if those tensors changed in place, and bind the field to them for the block."""
+    field = ctx.spec.field
+    check_versions(field, ctx.tensors, ctx.versions, what)
+    with bound_to(field, ctx.tensors):
         yield

@@ -28,7 +28,7 @@ from ..fields import Field
 from ..fields.base import Factors, FusedField, FusedWeights
 from ..integrators import Integrator
 from .buffers import give_back, take_buffers
-from .common import FusedSpec, bound_to, check_versions, parameter_gradients, pass_tensors, tensor_versions
+from .common import FusedSpec, parameter_gradients, remember_weights, weights_of_the_forward
 from .reference import reference_gradients
 
 __all__ = [
@@ -306,17 +306,14 @@ class FusedFlow(torch.autograd.Function):
             tapes: list | None = None if spec.reversible else []
             out = _run(spec, field.fused_rows(y0), ops, tapes)
         ctx.spec, ctx.shape, ctx.ops = spec, y0.shape, ops
-        ctx.tensors = pass_tensors(field)  # what this forward read (a functional_call's substitutes too)
-        ctx.versions = tensor_versions(ctx.tensors)
+        remember_weights(ctx, field)
         flat, ctx.tape_widths = _flatten_tapes(tapes or [])
         ctx.save_for_backward(y0, out, *flat)
         return out.reshape(y0.shape)
 
     @staticmethod
     def backward(ctx, g_out: Tensor):
-        field = ctx.spec.field
-        check_versions(field, ctx.tensors, ctx.versions, "fused")
-        with bound_to(field, ctx.tensors):  # the weights the forward used, whatever the module holds now
+        with weights_of_the_forward(ctx, "fused"):  # the weights the forward used, whatever the module holds now
             return FusedFlow._backward(ctx, g_out)
 
     @staticmethod

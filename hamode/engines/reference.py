@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..autograd_context import plain_autograd
-from .common import FusedSpec, bound_to, check_versions, parameter_gradients, pass_tensors, tensor_versions
+from .common import FusedSpec, parameter_gradients, remember_weights, weights_of_the_forward
 
 __all__ = ["ReversibleFlow", "fused_allowed", "reference_flow", "reference_gradients"]
 
@@ -106,16 +106,13 @@ class ReversibleFlow(torch.autograd.Function):
         with torch.no_grad():
             yN = reference_flow(spec.field, spec.integrator, spec.schedule, y0, stats=stats)
         ctx.spec = spec
-        ctx.tensors = pass_tensors(spec.field)  # what this forward read (a functional_call's substitutes too)
-        ctx.versions = tensor_versions(ctx.tensors)
+        remember_weights(ctx, spec.field)
         ctx.save_for_backward(y0, yN)
         return yN
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        field = ctx.spec.field
-        check_versions(field, ctx.tensors, ctx.versions, "reversible")
-        with bound_to(field, ctx.tensors):  # the weights the forward used, whatever the module holds now
+        with weights_of_the_forward(ctx, "reversible"):  # the weights the forward used, whatever the module holds now
             return ReversibleFlow._backward(ctx, g)
 
     @staticmethod
