@@ -50,10 +50,11 @@ class ImplicitRungeKutta(Integrator):
     Instances take the solve's settings; ``get_integrator(name)`` gives the defaults.
 
     Args:
-        rtol: the iteration stops when the largest change of a stage value is at most ``rtol`` times the largest
-            stage value (None: ``16 * eps`` of the state's dtype: 3.6e-15 in float64, 1.9e-6 in float32); an
-            iteration that stalls at rounding level (below ``sqrt(eps)`` of the scale, with no new smallest change
-            for :data:`STALL_ITERATIONS` iterations) is accepted too.
+        rtol: each sample's iteration stops when the largest change of its stage values is at most ``rtol`` times
+            its scale (the larger of its stage values and its state over ``|dt|``; None: ``16 * eps`` of the state's
+            dtype: 3.6e-15 in float64, 1.9e-6 in float32); a sample that stalls at rounding level (within
+            :data:`STALL_EPS` eps of its scale, with no new smallest change for :data:`STALL_ITERATIONS` iterations)
+            is accepted too, any other raises :class:`ImplicitSolveError` naming it.
         max_iter: iterations per step before :class:`ImplicitSolveError`.
         solver: ``"newton"`` (damped simplified Newton with the per-row Jacobian, for fields that act on each state row
             ``y[..., :]`` independently: :attr:`Field.row_local`, true of every dense hamode field; refused on the
@@ -97,7 +98,7 @@ class ImplicitRungeKutta(Integrator):
     # ---------------------------------------------------------------- the solve (no autograd)
     def _tolerance(self, dtype: torch.dtype) -> tuple[float, float]:
         eps = torch.finfo(dtype).eps
-        return (16 * eps if self.rtol is None else self.rtol), math.sqrt(eps)
+        return (16 * eps if self.rtol is None else self.rtol), STALL_EPS * eps
 
     def _stage_inputs(self, y: Tensor, K: Tensor, dt: float) -> list[Tensor]:
         return [y + dt * sum(aij * K[j] for j, aij in enumerate(row) if aij != 0.0) for row in self.a]
@@ -164,12 +165,18 @@ class ImplicitRungeKutta(Integrator):
     def _iterate(self, evaluate, jacobians, y: Tensor, k0: Tensor, dt: float, stats: dict | None, where: str, solver):
         """Solve ``K = evaluate(K)`` from ``K_i = k0``; ``jacobians(K)``: the per-row ``∂f/∂y`` at the stage points
         of ``K`` (``None``: the simplified matrix's). Newton steps are damped per state row: a row whose residual
-        would grow takes half the step (up to :data:`MAX_HALVINGS` times) and the Jacobians are refreshed at the
-        new stage points, so the iteration does not diverge from a poor start at large steps. The stopping test
-        is on the full (undamped) Newton or fixed-point correction."""
+        would grow takes half the step (up to :data:`MAX_HALVINGS` times) and its Jacobians are refreshed at the
+        new stage points, so the iteration does not diverge from a poor start at large steps.
+
+        Every sample is solved on its own terms (:func:`_samples`: a state row of a row-local field, a batch element
+        of an image field): it stops when its own (undamped) correction is within ``rtol`` of its own scale, the
+        larger of its stage values and its state over ``|dt|`` (the solve's error reaches the step as ``dt`` times
+        the error of K), and from then on takes no further step, so its result does not depend on the other
+        samples of the batch."""
         rtol, floor = self._tolerance(y.dtype)
         s, n = len(self.b), y.shape[-1]
         K = torch.stack([k0] * s)
+        groups = _samples(K, solver == "newton")
         G = K - evaluate(K)
         evaluations, jacobian_evals = 1 + s, 0
         newton = solver == "newton"
@@ -177,38 +184,55 @@ class ImplicitRungeKutta(Integrator):
         if newton:
             lu = torch.linalg.lu_factor(self._newton_matrix(jacobians(None), dt))
             jacobian_evals += 1
-        previous = math.inf
-        change = scale = math.nan
-        stop = _Stopping(rtol, floor)
+        # the solve's error enters the step as dt x (error of K): measured against the sample's state as well
+        state_scale = _sample_max(y.unsqueeze(0), groups) / abs(dt) if y.numel() else None
+        previous = torch.full((groups,), math.inf, dtype=torch.float64, device=y.device)
+        done = torch.zeros(groups, dtype=torch.bool, device=y.device)
+        change = scale = None
+        stop = _Stopping(rtol, floor, groups, y.device)
         for it in range(1, self.max_iter + 1):
             delta = -G if lu is None else -_per_row(functools.partial(torch.linalg.lu_solve, *lu), G)
-            change = float(delta.abs().max()) if K.numel() else 0.0
-            if not math.isfinite(change):
+            change = _sample_max(delta, groups) if K.numel() else delta.new_zeros(groups, dtype=torch.float64)
+            if not bool(torch.isfinite(change[~done]).all()):
                 break
+            delta = _freeze(delta, done, groups)  # converged samples keep their solution
             K_new = K + delta
             G_new = K_new - evaluate(K_new)
             evaluations += s
-            damped = False
+            damped = torch.zeros(groups, dtype=torch.bool, device=y.device)
             if newton and K.numel():
                 K_new, G_new, damped, extra = self._damp(evaluate, K, G, delta, K_new, G_new, floor)
                 evaluations += s * extra
             K, G = K_new, G_new
-            scale = float(K.abs().max()) if K.numel() else 0.0
-            if stop(change, scale):
+            scale = torch.maximum(_sample_max(K, groups), state_scale) if K.numel() else change
+            done = done | stop(change, scale)
+            if bool(done.all()):
                 if stats is not None:
                     stats["iterations"] = stats.get("iterations", 0) + it
                     stats["max_iterations"] = max(stats.get("max_iterations", 0), it)
                     stats["nfe"] = stats.get("nfe", 0) + evaluations + n * jacobian_evals
                 return K
-            if newton and (damped or change > 0.5 * previous):
-                # slow or no contraction: Newton with the Jacobians at the current stage points
-                lu = torch.linalg.lu_factor(self._newton_matrix(jacobians(K), dt))
+            # Newton with the Jacobians at the current stage points wherever it contracts slower than Newton should
+            slow = ~done & (damped | (change > NEWTON_CONTRACTION * previous))
+            if newton and bool(slow.any()):
+                fresh = torch.linalg.lu_factor(self._newton_matrix(jacobians(K), dt))
+                lu = tuple(torch.where(_rows_mask(slow, old), new, old) for new, old in zip(fresh, lu))
                 jacobian_evals += s
-            previous = change
+            previous = torch.where(done, previous, change)
+        open_ = (~done).nonzero().flatten()
+        if scale is None or not bool(torch.isfinite(change[open_]).all()):
+            detail = "its stage values are not finite"
+            worst = int(open_[0])
+        else:
+            worst = int(open_[(change[open_] / scale[open_].clamp_min(1e-300)).argmax()])
+            detail = (
+                f"its last correction {float(change[worst]):.3g} against {rtol:.3g} x {float(scale[worst]):.3g} "
+                "required, not stalled at rounding level"
+            )
         raise ImplicitSolveError(
             f"{self.name or type(self).__name__}: the stage equations of {where} did not converge in "
-            f"{self.max_iter} {solver} iterations: the last correction of a stage value was {change:.3g} against "
-            f"{rtol:.3g} x {scale:.3g} required. Use a smaller h (or more substeps), a larger max_iter or a looser rtol"
+            f"{self.max_iter} {solver} iterations for {len(open_)} sample(s) (the worst, sample {worst}: {detail}). "
+            "Use a smaller h (or more substeps), a larger max_iter or a looser rtol"
             + (", or solver='newton' (on row-local fields)." if solver == "fixed_point" else ".")
         )
 
@@ -221,14 +245,14 @@ class ImplicitRungeKutta(Integrator):
             return R.reshape(s, -1, n).abs().amax(dim=(0, 2))
 
         before = row_norm(G)
-        tiny = floor * float(K.abs().max())
+        tiny = floor * row_norm(K)  # rounding level of each row's own stage values
         lam = torch.ones_like(before)
         halvings = 0
         while True:
             after = row_norm(G_new)
-            worse = ~(after <= torch.maximum(before, torch.full_like(before, tiny)))  # NaN counts as worse
+            worse = ~(after <= torch.maximum(before, tiny))  # NaN counts as worse
             if not bool(worse.any()) or halvings == MAX_HALVINGS:
-                return K_new, G_new, halvings > 0, halvings
+                return K_new, G_new, lam < 1, halvings
             halvings += 1
             lam = torch.where(worse, 0.5 * lam, lam)
             step = lam.reshape(1, -1, 1) * delta.reshape(s, -1, n)
@@ -294,18 +318,25 @@ class ImplicitRungeKutta(Integrator):
         return self._adjoint_iterate(g, transposed_jvp, getattr(f, "j", "?"))
 
     def _adjoint_iterate(self, kbar: Tensor, transposed, layer) -> Tensor:
-        """``μ = k̄ + (∂F/∂K)ᵀ μ`` by fixed-point iteration; ``transposed(μ)`` is ``(∂F/∂K)ᵀ μ``."""
+        """``μ = k̄ + (∂F/∂K)ᵀ μ`` by fixed-point iteration; ``transposed(μ)`` is ``(∂F/∂K)ᵀ μ``; per sample as in
+        :meth:`_iterate` (the adjoint runs on fields whose rows are coupled: samples are batch elements)."""
         rtol, floor = self._tolerance(kbar.dtype)
-        mu, change, stop = kbar, math.nan, _Stopping(rtol, floor)
+        groups = _samples(kbar, False)
+        mu, change = kbar, None
+        stop = _Stopping(rtol, floor, groups, kbar.device)
+        done = torch.zeros(groups, dtype=torch.bool, device=kbar.device)
         for _ in range(self.max_iter):
             new = kbar + transposed(mu)
-            change, scale = float((new - mu).abs().max()), float(new.abs().max())
-            mu = new
-            if stop(change, scale):
+            step = new - mu
+            change, scale = _sample_max(step, groups), _sample_max(new, groups)
+            mu = mu + _freeze(step, done, groups)
+            done = done | stop(change, scale)
+            if bool(done.all()):
                 return mu
         raise ImplicitSolveError(
             f"{self.name}: the adjoint stage equations of layer {layer} did not converge in {self.max_iter} "
-            f"fixed-point iterations (last change {change:.3g}); use solver='newton' or a smaller h"
+            f"fixed-point iterations for {int((~done).sum())} sample(s) (largest last change "
+            f"{float(change[~done].max()):.3g}); use solver='newton' or a smaller h"
         )
 
     # ---------------------------------------------------------------- fused engine
@@ -390,29 +421,62 @@ class ImplicitRungeKutta(Integrator):
 
 
 STALL_ITERATIONS = 5
-"""An iteration whose change is below sqrt(eps) of the scale but has not reached a new minimum for this many
-iterations has stalled at rounding level and is accepted (an oscillating but still contracting iteration, whose
-change is not monotone, keeps going)."""
+"""A sample whose change is within :data:`STALL_EPS` eps of its scale but has not reached a new minimum for this
+many iterations has stalled at rounding level and is accepted (an oscillating but still contracting iteration,
+whose change is not monotone, keeps going)."""
+STALL_EPS = 128
+"""The largest change (in eps of the dtype, relative to the sample's stage values) a stalled iteration is accepted
+with; above it the solve raises :class:`ImplicitSolveError` in every dtype (it was ``sqrt(eps)``: 3.4e-4 in
+float32, which accepted unconverged solves)."""
+NEWTON_CONTRACTION = 0.1
+"""A Newton iteration whose change shrinks by less than this factor is refreshed with the Jacobians at the current
+stage points (simplified Newton with a stale Jacobian contracts only linearly; in float64 that cost 19–24
+iterations at large steps)."""
 
 
 class _Stopping:
-    """The iterations' stopping test: the change is within ``rtol`` of the scale, or it stalled at rounding level
-    (below ``floor`` = sqrt(eps) of the scale with no new smallest change for :data:`STALL_ITERATIONS` iterations)."""
+    """The iterations' stopping test, per sample: its change is within ``rtol`` of its scale (or 0), or it stalled at
+    rounding level (no new smallest change for :data:`STALL_ITERATIONS` iterations, the smallest within ``floor``
+    of its scale)."""
 
     __slots__ = ("best", "floor", "rtol", "since_best")
 
-    def __init__(self, rtol: float, floor: float) -> None:
+    def __init__(self, rtol: float, floor: float, groups: int, device) -> None:
         self.rtol, self.floor = rtol, floor
-        self.best, self.since_best = math.inf, 0
+        self.best = torch.full((groups,), math.inf, dtype=torch.float64, device=device)
+        self.since_best = torch.zeros(groups, dtype=torch.int64, device=device)
 
-    def __call__(self, change: float, scale: float) -> bool:
-        if change <= self.rtol * scale or change == 0.0:
-            return True
-        if change < self.best:
-            self.best, self.since_best = change, 0
-        else:
-            self.since_best += 1
-        return self.since_best >= STALL_ITERATIONS and self.best <= self.floor * scale
+    def __call__(self, change: Tensor, scale: Tensor) -> Tensor:
+        scale = scale.clamp_min(torch.finfo(torch.float64).tiny)  # an absolute floor for an all-zero sample
+        converged = (change <= self.rtol * scale) | (change == 0)
+        improved = change < self.best
+        self.best = torch.where(improved, change, self.best)
+        self.since_best = torch.where(improved, torch.zeros_like(self.since_best), self.since_best + 1)
+        return converged | ((self.since_best >= STALL_ITERATIONS) & (self.best <= self.floor * scale))
+
+
+def _samples(K: Tensor, rows: bool) -> int:
+    """How many samples the stages ``K`` (``(s, *state)``) hold: state rows for a row-local field (``rows``),
+    batch elements (the state's leading axis) otherwise."""
+    return K[0].numel() // K.shape[-1] if rows else K.shape[1]
+
+
+def _sample_max(x: Tensor, groups: int) -> Tensor:
+    """The largest absolute value of each sample's entries of ``x`` (``(s, *state)``), in float64: ``(groups,)``."""
+    return x.detach().reshape(x.shape[0], groups, -1).abs().amax(dim=(0, 2)).to(torch.float64)
+
+
+def _rows_mask(mask: Tensor, like: Tensor) -> Tensor:
+    """A per-row mask shaped to select rows of ``like`` (rows first)."""
+    return mask.reshape(-1, *[1] * (like.dim() - 1))
+
+
+def _freeze(step: Tensor, done: Tensor, groups: int) -> Tensor:
+    """``step`` with the entries of the converged samples set to zero."""
+    if not bool(done.any()):
+        return step
+    keep = (~done).to(step.dtype).reshape(1, groups, 1)
+    return (step.reshape(step.shape[0], groups, -1) * keep).reshape(step.shape)
 
 
 def _per_row(solve, G: Tensor) -> Tensor:
