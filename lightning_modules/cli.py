@@ -46,6 +46,7 @@ FIXED_MODEL_KEYS = ("n_classes",)
 CHECKPOINT_ALIASES = ("last", "best")
 """``--ckpt_path`` values that name a checkpoint of the config's newest run (``last.ckpt`` / ``best.ckpt``)."""
 LOG_DIR_PATTERN = re.compile(r"version_(\d+)$")
+COMPARE_HELP = "Train one config under several integrators (and seeds) and compare them (hamode compare --help)."
 
 
 class _DropTips(logging.Filter):
@@ -109,6 +110,15 @@ class HamodeCLI(LightningCLI):
             "--ckpt_path last / best: the newest run's last.ckpt / best.ckpt."
         )
         return parser
+
+    def _add_subcommands(self, parser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        # `hamode compare` is dispatched before this parser (lightning_modules.main); listed here for --help
+        action = getattr(parser, "_subcommands_action", None)
+        if action is not None:
+            from jsonargparse import ArgumentParser
+
+            action.add_subcommand("compare", ArgumentParser(description=COMPARE_HELP), help=COMPARE_HELP)
 
     # ------------------------------------------------------------ checkpoints of runs
     def _logger_root(self, cfg) -> Path | None:

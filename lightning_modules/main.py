@@ -12,6 +12,11 @@ __all__ = ["main"]
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``hamode`` console script (``hamode compare`` goes to :mod:`lightning_modules.compare`)."""
     argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] in (["--version"], ["-V"]):
+        from hamode import __version__
+
+        print(f"hamode {__version__}")
+        return
     if argv and argv[0] == "compare":
         from .compare import main as compare_main
 

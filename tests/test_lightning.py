@@ -717,3 +717,17 @@ def test_tensorboard_logger_and_rich_progress_bar_extras(tmp_path, monkeypatch):
     )
     run = tmp_path / "tb/run/version_0"
     assert list(run.glob("events.out.tfevents.*")) and (run / "checkpoints/last.ckpt").is_file()
+
+
+def test_the_hamode_command_has_a_version_and_lists_compare_in_its_help(tmp_path):
+    import hamode
+
+    exe = str(Path(sys.executable).parent / "hamode")
+    done = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == f"hamode {hamode.__version__}"
+    done = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0
+    listed = done.stdout.split("Available subcommands:")[1]
+    assert re.search(r"\n\s+compare\s+Train one config under several integrators", listed)
+    for name in ("fit", "validate", "test", "predict"):
+        assert re.search(rf"\n\s+{name}\s+\w", listed), name
