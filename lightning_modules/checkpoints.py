@@ -101,7 +101,11 @@ def allowed_net_classes() -> frozenset[str]:
 
 
 def _path_of(cls: type | str) -> str:
-    return cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+    if isinstance(cls, str):
+        return cls
+    if isinstance(cls, type):
+        return f"{cls.__module__}.{cls.__qualname__}"
+    raise TypeError(f"trusted must name classes (a class or its import path), got {cls!r}")
 
 
 def check_class_paths(

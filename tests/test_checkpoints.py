@@ -464,3 +464,10 @@ def test_training_after_inference_mode_works(tmp_path):
     trainer.test(model, dm, verbose=False)
     trainer.fit(model, dm)
     assert trainer.global_step > 0
+
+
+def test_load_from_checkpoint_arguments_are_checked(trained):
+    with pytest.raises(TypeError, match=r"trusted must name classes .* got 3"):
+        HDNNClassifier.load_from_checkpoint(_last(trained), trusted=[3])
+    with pytest.raises(ValueError, match="hparams_file is not supported"):
+        HDNNClassifier.load_from_checkpoint(_last(trained), hparams_file="h.yaml")

@@ -434,3 +434,14 @@ def test_compare_diagnostics_equal_the_direct_computation():
         float(symplecticity_defect(S[0], net.field.J).max()), abs=1e-15
     )
     assert found["nfe_per_forward"] == 3
+
+
+def test_the_net_argument_schema_refuses_what_it_does_not_hold():
+    from hamode.models import NetArguments, build_net, takes_net_arguments
+
+    with pytest.raises(TypeError, match="args must be a NetArguments, got dict"):
+        build_net(4, {"architecture": "H2"})
+    with pytest.raises(TypeError, match="takes_net_arguments: no net argument depth"):
+        takes_net_arguments(depth=3)
+    net = build_net(4, NetArguments(architecture="H2", n_layers=3, h=0.5))
+    assert net.n_layers == 3 and net.integrator_name == "symplectic_euler"

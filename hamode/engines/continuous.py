@@ -79,8 +79,10 @@ class _Dynamics(nn.Module):
         self.tensors = pass_tensors(field)
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
-        key = "nfe" if self.phase == "forward" else "nfe_backward"
-        self.stats[key] = self.stats.get(key, 0) + 1
+        if self.phase == "forward":  # the solve's own weights are the module's during the forward solve
+            self.stats["nfe"] = self.stats.get("nfe", 0) + 1
+            return self.field.forward(t, y, self.grid)
+        self.stats["nfe_backward"] = self.stats.get("nfe_backward", 0) + 1
         with bound_to(self.field, self.tensors):
             return self.field.forward(t, y, self.grid)
 
