@@ -97,7 +97,7 @@ def list_activations() -> list[str]:
 
 
 def get_activation(activation: str | Activation) -> Activation:
-    """Look an activation up by name (or pass an :class:`Activation` through)."""
+    """Look an activation up by name (or pass an `Activation` through)."""
     if isinstance(activation, Activation):
         return activation
     if not isinstance(activation, str):

@@ -50,7 +50,7 @@ def list_architectures() -> list[str]:
 
 
 def architecture_info(name: str) -> Architecture:
-    """The :class:`Architecture` registered under ``name``."""
+    """The `Architecture` registered under ``name``."""
     if not isinstance(name, str):
         raise TypeError(f"architecture must be a name, got {type(name).__name__}")
     try:
@@ -63,7 +63,8 @@ def make_field(name: str, dim: int, n_layers: int, width: int | None = None, act
     """Build the field of a named architecture.
 
     Args:
-        name: one of :func:`list_architectures` (``"H1_J1"``, ``"H1_J2"``, ``"H2"``, ``"MS1"``, ``"MS2"``, ``"MS3"``).
+        name: one of [`list_architectures()`][hamode.list_architectures] (``"H1_J1"``, ``"H1_J2"``, ``"H2"``,
+            ``"MS1"``, ``"MS2"``, ``"MS3"``).
         dim: state size n.
         n_layers: number of layers N.
         width: hidden size m (architectures that have one; default: their own).

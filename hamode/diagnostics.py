@@ -38,7 +38,8 @@ def backward_sensitivity(net: HamiltonianNet, y0: Tensor, layers: Sequence[int] 
     Returns:
         ``(len(layers), *y0.shape[:-1], dim, dim)``; row i, column k is ``∂y_N[i]/∂y_j[k]``. For image fields
         (``(B, C, H, W)`` states) the state of a sample is flattened: ``(len(layers), B, C H W, C H W)``, whose
-        structure matrix is ``field.flat_structure(H, W)``; use :func:`sensitivity_norm_estimate` beyond small
+        structure matrix is ``field.flat_structure(H, W)``; use
+        [`sensitivity_norm_estimate()`][hamode.diagnostics.sensitivity_norm_estimate] beyond small
         images.
     """
     N = net.n_layers
@@ -97,7 +98,8 @@ def sensitivity_norm_estimate(
 ) -> dict[str, Tensor | int]:
     """Matrix-free ``‖∂y_N/∂y_j‖₂`` and the smallest singular value of ``∂y_N/∂y_j`` per sample.
 
-    For states too large for :func:`backward_sensitivity` (images: ``C H W`` coordinates per sample). Lanczos
+    For states too large for [`backward_sensitivity()`][hamode.diagnostics.backward_sensitivity] (images: ``C H W``
+    coordinates per sample). Lanczos
     iteration on ``AᵀA`` (``A = ∂y_N/∂y_j``) with full reorthogonalisation, one VJP (``Aᵀu``) and one JVP
     (``A v``, by differentiating a VJP once more) per iteration, run for all samples at once (they do not
     interact); the extreme Ritz values of the tridiagonal matrix give ``σ_max²`` and ``σ_min²``. It stops when
@@ -199,8 +201,10 @@ def layer_sensitivity(
     rtol: float = 1e-6,
 ) -> dict[str, Tensor | str]:
     """``‖∂y_N/∂y_j‖₂`` and ``σ_min(∂y_N/∂y_j)`` per layer boundary, for any state: exact (the BSM of
-    :func:`backward_sensitivity`, one reverse pass per coordinate) when a state has at most ``exact_limit``
-    coordinates, else the matrix-free :func:`sensitivity_norm_estimate` (Lanczos; its norm is a lower estimate that
+    [`backward_sensitivity()`][hamode.diagnostics.backward_sensitivity], one reverse pass per coordinate) when a
+    state has at most ``exact_limit``
+    coordinates, else the matrix-free [`sensitivity_norm_estimate()`][hamode.diagnostics.sensitivity_norm_estimate]
+    (Lanczos; its norm is a lower estimate that
     converges from below, its ``σ_min`` an upper estimate that converges from above).
 
     Args:
@@ -213,7 +217,8 @@ def layer_sensitivity(
 
     Returns:
         ``{"layers": (L,), "norm": (L, *batch), "sigma_min": (L, *batch), "method": "exact" | "lanczos",
-        "matrices": the BSMs of :func:`backward_sensitivity` (exact) or None (lanczos)}``.
+        "matrices": the BSMs of [`backward_sensitivity()`][hamode.diagnostics.backward_sensitivity] (exact) or None
+        (lanczos)}``.
     """
     N = net.n_layers
     wanted = list(range(N + 1)) if layers is None else [int(j) for j in layers]

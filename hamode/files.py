@@ -21,7 +21,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_csv(path: str | os.PathLike, headers: Sequence[object], rows: Iterable[Sequence[object]]) -> None:
-    """Write a CSV table: a header row, then ``rows`` (as :func:`write_text`)."""
+    """Write a CSV table: a header row, then ``rows`` (as `write_text()`)."""
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
     w.writerow(headers)

@@ -15,7 +15,7 @@ class LayerGrid:
 
     Weights are constant (or interpolated) inside a layer and jump between layers, so
     finding the layer of a time ``t`` must agree exactly with the boundaries that
-    solvers step to. :meth:`layer_of` therefore compares against the boundary tensor
+    solvers step to. [`layer_of()`][hamode.LayerGrid.layer_of] therefore compares against the boundary tensor
     itself (``searchsorted``, right-continuous: ``t_j`` belongs to layer ``j``), in
     the dtype of ``t``, instead of computing ``floor(t / h)``, which picks the wrong
     layer at some boundaries in floating point.
@@ -80,8 +80,8 @@ class LayerGrid:
 class Schedule:
     """The walk every engine takes: for layer j = 0..N-1, ``substeps`` steps of size ``h / substeps``.
 
-    Immutable once built. :meth:`steps` yields ``(j, t, dt)`` for each step, ``t`` its start
-    time; :meth:`layer_steps` the steps of one layer. A step never crosses a layer boundary.
+    Immutable once built. [`steps()`][hamode.Schedule.steps] yields ``(j, t, dt)`` for each step, ``t`` its start
+    time; [`layer_steps()`][hamode.Schedule.layer_steps] the steps of one layer. A step never crosses a layer boundary.
 
     Args:
         grid: the layer grid.

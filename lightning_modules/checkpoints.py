@@ -3,7 +3,7 @@ lock per run folder.
 
 A Lightning checkpoint stores the training system's hyper-parameters, among them the injected net as a
 ``{class_path, init_args}`` block. Whoever builds the net from that block decides what code runs, so hamode
-builds it only when ``class_path`` is one of its own models (:func:`allowed_net_classes`) or a class the user named
+builds it only when ``class_path`` is one of its own models (`allowed_net_classes()`) or a class the user named
 (``trusted=`` in Python, the config's ``model.net`` on the command line), and only from plain data: a
 ``class_path`` anywhere else in the hyper-parameters is refused before anything is imported.
 """
@@ -45,7 +45,8 @@ class CheckpointError(ValueError):
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """The checkpoint at ``path`` read as data (``torch.load(weights_only=True)``: tensors and plain values, no
-    pickled objects), or :class:`CheckpointError` naming the file and what is wrong with it."""
+    pickled objects), or [`CheckpointError`][lightning_modules.CheckpointError] naming the file and what is wrong
+    with it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
@@ -88,7 +89,7 @@ def class_paths(value: Any, where: str = "") -> Iterator[tuple[str, Any]]:
 
 def allowed_net_classes() -> frozenset[str]:
     """Import paths of the models hamode builds from a checkpoint without being told: every ``nn.Module`` class
-    that :mod:`hamode.models` exports."""
+    that [`models`][hamode.models] exports."""
     from torch import nn
 
     import hamode.models as models
@@ -111,7 +112,8 @@ def _path_of(cls: type | str) -> str:
 def check_class_paths(
     source: str, hparams: Any, trusted: Iterable[type | str] = (), how: str = "", where: str = ""
 ) -> None:
-    """Refuse (:class:`CheckpointError`) a class path in ``hparams`` that is neither one of hamode's models nor in
+    """Refuse ([`CheckpointError`][lightning_modules.CheckpointError]) a class path in ``hparams`` that is neither
+    one of hamode's models nor in
     ``trusted``, before anything is imported. ``source`` names the checkpoint; ``how`` says how to allow one;
     ``where`` is the key path of ``hparams`` in the checkpoint's hyper-parameters."""
     allowed = allowed_net_classes() | {_path_of(c) for c in trusted}
@@ -126,7 +128,7 @@ def check_class_paths(
 
 def build_net(spec: Any, source: str, trusted: Iterable[type | str] = ()) -> torch.nn.Module:
     """The net of a checkpoint's ``{class_path, init_args}`` block, built from plain data after
-    :func:`check_class_paths`."""
+    `check_class_paths()`."""
     if not (isinstance(spec, dict) and isinstance(spec.get("class_path"), str)):
         raise CheckpointError(
             f"checkpoint {source} has no net config (class_path, init_args) to rebuild its model from: load it with "

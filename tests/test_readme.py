@@ -26,3 +26,18 @@ def test_readme_example_runs(index):
     finally:
         for name in set(hamode.list_integrators()) - before:
             hamode.integrators.unregister_integrator(name)
+
+
+def test_readme_is_a_front_door():
+    """Short, an example near the top, links that resolve, and no development diary (that is CHANGELOG.md)."""
+    assert len(README.encode()) <= 15_000
+    first_example = README.splitlines().index("```python")
+    assert first_example < 80, first_example
+    diary = re.compile(
+        r"this session|the issue's|\bissue \d+|previous release's machine|before these changes|commit [0-9a-f]{7}",
+        re.I,
+    )
+    assert not diary.search(README), diary.search(README).group(0)
+    root = Path(__file__).resolve().parents[1]
+    for target in re.findall(r"\]\(((?!https?:)[^)#]+)", README):
+        assert (root / target).exists(), target

@@ -43,4 +43,4 @@ for integrator in ("symplectic_euler", "euler"):
     tester = L.Trainer(limit_test_batches=20, enable_progress_bar=False, logger=False, accelerator="cpu")
     results[integrator] = tester.test(model, data, verbose=False)[0]["test/acc"]
 for integrator, acc in results.items():
-    print(f"test accuracy (2000 images) under {integrator:16s}: {100 * acc:.2f} %")
+    print(f"test accuracy ({20 * data.eval_batch_size} images) under {integrator:16s}: {100 * acc:.2f} %")

@@ -14,7 +14,8 @@ Sources, in order:
 
 Every file is written to a temporary name and renamed only once complete and verified,
 so a failure never leaves a half-written or corrupt file behind; temporaries left by a killed
-process are removed on the next call. :func:`read_mnist` reads the raw files only (checking the
+process are removed on the next call. [`read_mnist()`][hamode.data.mnist.read_mnist] reads the raw files only
+(checking the
 MD5 of the very bytes it parses): a ``processed/`` cache of an older torchvision is never used.
 """
 
@@ -353,7 +354,8 @@ def read_mnist(data_dir: str | os.PathLike):
     when present) is ignored, with a log line.
 
     Raises:
-        MNISTError: a file is missing or its MD5 does not match (names it; run :func:`obtain_mnist`).
+        MNISTError: a file is missing or its MD5 does not match (names it; run
+            [`obtain_mnist()`][hamode.data.mnist.obtain_mnist]).
     """
     root = raw_dir(data_dir)
     processed = root.parent / "processed"

@@ -23,7 +23,7 @@ class BufferSet:
 
     A view costs about a microsecond, as much as a small layer's products, so the views are made once per
     buffer set and each pass copies its weights into the buffers (one copy per key). A set belongs to one
-    pass at a time: :class:`~hamode.engines.fused.FusedOps` takes it from its field's pool and gives it back when
+    pass at a time: [`FusedOps`][hamode.engines.FusedOps] takes it from its field's pool and gives it back when
     it is freed (after the backward, or when the graph is dropped), so two pending passes never share buffers.
     """
 

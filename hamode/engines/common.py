@@ -64,12 +64,13 @@ def pass_tensors(field) -> dict[str, Tensor]:
 
 
 def tensor_versions(tensors: dict[str, Tensor]) -> list[int]:
-    """The version counters of the tensors a pass read (see :func:`pass_tensors`)."""
+    """The version counters of the tensors a pass read (see [`pass_tensors()`][hamode.engines.pass_tensors])."""
     return [t._version for t in tensors.values()]
 
 
 def check_versions(field, tensors: dict[str, Tensor], versions: list[int], what: str) -> None:
-    """Raise if a tensor the pass read (``tensors``, from :func:`pass_tensors` at its forward) changed in place
+    """Raise if a tensor the pass read (``tensors``, from [`pass_tensors()`][hamode.engines.pass_tensors] at its
+    forward) changed in place
     since ``versions`` were taken. The tensors compared are those the forward used, not the module's current
     ones, so a ``functional_call`` forward is checked against its own weights."""
     now = tensor_versions(tensors)
@@ -98,7 +99,7 @@ def bound_to(field, tensors: dict[str, Tensor]):
 
 def remember_weights(ctx, field) -> None:
     """At a custom Function's forward: note the tensors the pass read and their versions (see
-    :func:`weights_of_the_forward`)."""
+    `weights_of_the_forward()`)."""
     ctx.tensors = pass_tensors(field)  # a functional_call's substitutes too
     ctx.versions = tensor_versions(ctx.tensors)
 

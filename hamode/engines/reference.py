@@ -1,19 +1,19 @@
-"""The engines: every path walks one :class:`~hamode.grid.Schedule` with one integrator.
+"""The engines: every path walks one [`Schedule`][hamode.Schedule] with one integrator.
 
 An engine is a function of (field, integrator, schedule, y0) that returns the result (and, for
 continuous solves, the solver statistics); none writes into the net or the field. Paths:
 
-- **reference**: autograd through :meth:`Integrator.step` (any field, any integrator, linear weights,
-  trajectories, taps for diagnostics). Composes with everything PyTorch offers: ``torch.compile``,
-  ``torch.func`` transforms, forward-mode AD, autocast and double backward.
-- **reference reversible**: :class:`ReversibleFlow`, the reference step with the exact inverse step;
-  memory flat in depth.
-- **fused** (:mod:`hamode.fused`): analytic VJPs, backprop or reversible; the default where it applies.
+- **reference**: autograd through [`Integrator.step()`][hamode.integrators.Integrator.step] (any field, any
+  integrator, linear weights, trajectories, taps for diagnostics). Composes with everything PyTorch offers:
+  ``torch.compile``, ``torch.func`` transforms, forward-mode AD, autocast and double backward.
+- **reference reversible**: [`ReversibleFlow`][hamode.engines.ReversibleFlow], the reference step with the exact
+  inverse step; memory flat in depth.
+- **fused** (``hamode.engines.fused``): analytic VJPs, backprop or reversible; the default where it applies.
 
-:func:`fused_allowed` says when the fused ``autograd.Function`` may run: it is routed to the reference
-path under ``torch.func`` transforms (vmap, grad, jacrev, jacfwd) and forward-mode AD, which it does
+[`fused_allowed()`][hamode.engines.fused_allowed] says when the fused ``autograd.Function`` may run: it is routed to
+the reference path under ``torch.func`` transforms (vmap, grad, jacrev, jacfwd) and forward-mode AD, which it does
 not implement; under ``torch.compile`` it runs eagerly behind a graph break; a backward with
-``create_graph=True`` recomputes on the reference path (:func:`reference_gradients`).
+``create_graph=True`` recomputes on the reference path ([`reference_gradients()`][hamode.engines.reference_gradients]).
 """
 
 from __future__ import annotations

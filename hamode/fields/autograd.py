@@ -98,7 +98,8 @@ class AutogradHamiltonianField(Field):
 
 
 class _AutogradLayer:
-    """Layer view of an :class:`AutogradHamiltonianField` (H is evaluated at the stage time)."""
+    """Layer view of an [`AutogradHamiltonianField`][hamode.fields.AutogradHamiltonianField] (H is evaluated at the
+    stage time)."""
 
     __slots__ = ("field", "j", "local")
 
@@ -189,7 +190,8 @@ class AutogradSeparableField(SeparableMixin, Field):
 
 
 class _SeparableAutogradLayer:
-    """Layer view of an :class:`AutogradSeparableField`: the half-fields at the stage time."""
+    """Layer view of an [`AutogradSeparableField`][hamode.fields.AutogradSeparableField]: the half-fields at the
+    stage time."""
 
     __slots__ = ("field", "j")
 

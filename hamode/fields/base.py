@@ -41,18 +41,18 @@ INITS: tuple[str, ...] = typing.get_args(InitMode)
 class Field(nn.Module):
     """An ODE right-hand side ``dy/dt = f(t, y)`` whose weights change from layer to layer.
 
-    Subclasses register their per-layer parameters with :meth:`_stacked` (a leading
+    Subclasses register their per-layer parameters with `_stacked()` (a leading
     axis of *nodes*: N for ``weights="piecewise"``, 1 for ``"constant"``, N + 1 for
     ``"linear"``) and implement the right-hand side of one layer as pure functions of
     a weight dictionary ``w`` (one layer's weights, paper convention ``K: (m, n)``):
     ``_rhs(w, y)``, ``_energy(w, y)`` and ``_structure(w)``. Weights derived from the
     parameters (a skew K, a block-sparse K, ``J = A - Aᵀ``) are built once per pass for
-    all layers by :meth:`weight_table`.
+    all layers by [`weight_table()`][hamode.fields.Field.weight_table].
 
     Args:
         dim: state size n.
         n_layers: number of layers N.
-        activation: ``"tanh"``, ``"relu"``, ``"sigmoid"`` or an :class:`Activation`.
+        activation: ``"tanh"``, ``"relu"``, ``"sigmoid"`` or an `Activation`.
         weights: ``"piecewise"`` (one weight set per layer, the papers' choice),
             ``"constant"`` (one set for all layers: a time-invariant ODE) or
             ``"linear"`` (weights at the N + 1 layer boundaries, linearly interpolated
@@ -111,35 +111,39 @@ class Field(nn.Module):
     def weight_table(self) -> dict[str, Tensor]:
         """All weights the layers use, built for every node at once.
 
-        Entries named in :attr:`stacked_keys` have the node axis first; the others
+        Entries named in [`stacked_keys`][hamode.fields.Field.stacked_keys] have the node axis first; the others
         (``J``, ``X``) are shared by all layers. The default returns the parameters
         themselves (no copies); fields with derived weights extend it.
         """
         return {name: getattr(self, name) for name in self._stacked_names}
 
     def direct_parameters(self) -> list[Tensor]:
-        """Parameters the layers use directly rather than through :meth:`weight_table` (a user Hamiltonian's
+        """Parameters the layers use directly rather than through
+        [`weight_table()`][hamode.fields.Field.weight_table] (a user Hamiltonian's
         own module parameters): the reversible engine differentiates them step by step. Default: none."""
         return []
 
     def stacked_parameters(self) -> dict[str, nn.Parameter]:
-        """The parameters registered with a leading node axis (what :meth:`parameters_per_layer` counts)."""
+        """The parameters registered with a leading node axis (what `parameters_per_layer()` counts)."""
         return {name: getattr(self, name) for name in self._stacked_names}
 
     def parameters_per_layer(self) -> int:
-        """How many parameters each node (layer) holds in :meth:`weight_table`'s stacked entries, by the field's
+        """How many parameters each node (layer) holds in [`weight_table()`][hamode.fields.Field.weight_table]'s
+        stacked entries, by the field's
         own formula (the papers state these counts); the generic tests check it against
-        :meth:`stacked_parameters`. Shared parameters (a learnable J or X) are not counted."""
+        [`stacked_parameters()`][hamode.fields.Field.stacked_parameters]. Shared parameters (a learnable J or X) are
+        not counted."""
         raise NotImplementedError(f"{type(self).__name__} states no parameter count (parameters_per_layer)")
 
     @property
     def stacked_keys(self) -> tuple[str, ...]:
-        """Keys of :meth:`weight_table` that carry a node axis."""
+        """Keys of [`weight_table()`][hamode.fields.Field.weight_table] that carry a node axis."""
         return tuple(self._stacked_names)
 
     @property
     def smoothness_keys(self) -> tuple[str, ...]:
-        """Keys of :meth:`weight_table` penalised by the smoothness regulariser (K's and b's)."""
+        """Keys of [`weight_table()`][hamode.fields.Field.weight_table] penalised by the smoothness regulariser (K's
+        and b's)."""
         return self.stacked_keys
 
     def reference_tensor(self) -> Tensor | None:
@@ -166,7 +170,7 @@ class Field(nn.Module):
 
         Args:
             j: layer index in ``[0, n_layers)`` (an int, or a 0-dim integer tensor).
-            table: a :meth:`weight_table` computed earlier in the same pass (optional).
+            table: a [`weight_table()`][hamode.fields.Field.weight_table] computed earlier in the same pass (optional).
             grid: the layer grid of the net evaluating it; needed to evaluate at a time t when the
                 weights change inside a layer (``weights="linear"``). The field keeps no grid of its own, so
                 one field can serve several nets with different final times.
@@ -189,7 +193,8 @@ class Field(nn.Module):
         return LayerRHS(self, j, local, grid)
 
     def layer_from_local(self, j: int, local: dict[str, Tensor], grid: LayerGrid | None = None) -> "LayerRHS":
-        """A :class:`LayerRHS` from weights already sliced with :meth:`node_range` (used by gradient engines)."""
+        """A [`LayerRHS`][hamode.fields.LayerRHS] from weights already sliced with
+        [`node_range()`][hamode.fields.Field.node_range] (used by gradient engines)."""
         return LayerRHS(self, j, local, grid)
 
     def check_state(self, y: Any, name: str = "y") -> None:
@@ -344,7 +349,7 @@ class SeparableMixin:
 class LayerRHS:
     """One layer's right-hand side: ``f(t, y)``, and for separable fields the half-fields.
 
-    Built by :meth:`Field.layer`. With ``weights="linear"`` the weights are interpolated
+    Built by [`Field.layer()`][hamode.fields.Field.layer]. With ``weights="linear"`` the weights are interpolated
     in t with the layer's own two nodes (and extrapolated with the same formula for
     stages outside the layer's interval), so every stage uses this layer's weights.
     """
@@ -410,7 +415,7 @@ class LayerRHS:
         return self.field._energy(self.weights(t), y)
 
     def lipschitz(self, t: Tensor | float) -> dict[str, Tensor]:
-        """Lipschitz bounds of this layer's field (see :meth:`Field._lipschitz`)."""
+        """Lipschitz bounds of this layer's field (see `Field._lipschitz()`)."""
         return self.field._lipschitz(self.weights(t))
 
     def structure(self, t: Tensor | float) -> Tensor:
@@ -440,7 +445,8 @@ Factors = tuple[Tensor, ...]
 """One evaluation's parameter factors, as a VJP returns them: the tensors (``(rows, ·)`` each) from which the
 parameter gradients of that evaluation are formed; the engine stacks them over nodes as ``(nodes, rows, ·)``."""
 FusedWeights = dict[str, Tensor]
-"""Per-node tensors of :meth:`FusedField.fused_weights` (keys in ``fused_shared_keys`` are shared by all nodes);
+"""Per-node tensors of [`FusedField.fused_weights()`][hamode.fields.FusedField.fused_weights] (keys in
+``fused_shared_keys`` are shared by all nodes);
 one layer's dict of views into them is the ``w`` an evaluation receives."""
 HalfField = Literal["f", "dp", "dq"]
 """Which evaluation a group of factors belongs to: the full field, or a separable field's dp/dt or dq/dt."""
@@ -448,13 +454,16 @@ HalfField = Literal["f", "dp", "dq"]
 
 @runtime_checkable
 class FusedField(Protocol):
-    """What every field provides for the fused engine (:mod:`hamode.engines`); all without autograd.
+    """What every field provides for the fused engine ([`engines`][hamode.engines]); all without autograd.
 
-    ``w`` is one layer's dict from :meth:`fused_weights`; ``alpha`` and ``base`` fuse the step's
+    ``w`` is one layer's dict from [`fused_weights()`][hamode.fields.FusedField.fused_weights]; ``alpha`` and
+    ``base`` fuse the step's
     update: an evaluation returns ``base + alpha f(y)`` (``alpha f(y)`` without a base) and a
-    context, a VJP returns ``base + alpha (∂f/∂y)ᵀ c`` and its parameter :data:`Factors` (unscaled: the
+    context, a VJP returns ``base + alpha (∂f/∂y)ᵀ c`` and its parameter [`Factors`][hamode.fields.Factors]
+    (unscaled: the
     engine applies each evaluation's alpha when it stacks them). A non-separable field provides
-    :class:`FusedFullField`, a separable one :class:`FusedSeparableField` (the engine composes the full field
+    [`FusedFullField`][hamode.fields.FusedFullField], a separable one
+    [`FusedSeparableField`][hamode.fields.FusedSeparableField] (the engine composes the full field
     from its halves). ``Field.supports_fused`` is True exactly when a class has all of its kind's methods; a
     field without them runs on the autograd reference path, and one that sets ``supports_fused = True``
     without them is refused when the class is created, naming what is missing.
@@ -539,7 +548,8 @@ def protocol_methods(protocol: type) -> tuple[str, ...]:
 
 
 def fused_methods_missing(cls: type) -> list[str]:
-    """The methods of its kind's fused protocol (:class:`FusedFullField` or :class:`FusedSeparableField`) that a
+    """The methods of its kind's fused protocol ([`FusedFullField`][hamode.fields.FusedFullField] or
+    [`FusedSeparableField`][hamode.fields.FusedSeparableField]) that a
     field class lacks (empty: the fused engine covers it)."""
     protocol = FusedSeparableField if getattr(cls, "separable", False) else FusedFullField
     return [name for name in protocol_methods(protocol) if not callable(getattr(cls, name, None))]

@@ -8,7 +8,8 @@ With K a convolution and Kᵀ its adjoint (the transposed convolution with the s
 
 are exactly ``J ∇H`` with the structure ``J ⊗ I`` on the flattened state, so every guarantee of the dense
 fields (symplectic flows under symplectic rules, TAC's non-vanishing gradients, exact reversibility) carries over.
-A convolution couples neighbouring pixels: the fields are not "row-local" (see :attr:`Field.row_local`).
+A convolution couples neighbouring pixels: the fields are not "row-local" (see
+[`Field.row_local`][hamode.fields.Field.row_local]).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class ConvField(Field):
     """Base of the convolutional fields: states ``(B, C, H, W)`` with ``C = dim`` channels, any H x W.
 
     The state of one sample is ``(C, H, W)``; diagnostics flatten it to ``C H W`` coordinates, where the
-    structure matrix is ``J ⊗ I_{HW}`` (:meth:`flat_structure`).
+    structure matrix is ``J ⊗ I_{HW}`` ([`flat_structure()`][hamode.fields.ConvField.flat_structure]).
     """
 
     state_rank: ClassVar[int] = 3
@@ -133,8 +134,8 @@ class ConvH1Field(ConvField):
         dilation: the convolution's dilation.
         padding: ``"zeros"`` or ``"circular"``.
         J: ``"J1"`` (even C), ``"J2"`` or a (C, C) skew-symmetric tensor.
-        activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see :class:`Field`).
-        weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see :class:`Field`).
+        activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see [`Field`][hamode.fields.Field]).
+        weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see [`Field`][hamode.fields.Field]).
         init: ``"default"`` (K ~ N(0, 1/(C k²)), b = 0) or ``"normal"`` (N(0, 1)).
 
     Parameters: ``K`` (nodes, m, C, k, k), ``b`` (nodes, m).
@@ -228,8 +229,8 @@ class ConvH2Field(SeparableMixin, ConvField):
         dilation: the convolutions' dilation.
         padding: ``"zeros"`` or ``"circular"``.
         X: ``None`` (identity) or a fixed (C/2, C/2) channel mixing.
-        activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see :class:`Field`).
-        weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see :class:`Field`).
+        activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see [`Field`][hamode.fields.Field]).
+        weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see [`Field`][hamode.fields.Field]).
         init: ``"default"`` (K ~ N(0, 1/((C/2) k²)), b = 0) or ``"normal"`` (N(0, 1)).
 
     Parameters: ``Kp``, ``Kq`` (nodes, m, C/2, k, k), ``bp``, ``bq`` (nodes, m).

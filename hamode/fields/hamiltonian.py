@@ -30,8 +30,8 @@ class H1Field(Field):
         J: ``"J1"`` (``[[0, I], [-I, 0]]``, even n), ``"J2"`` (+1 above the diagonal,
             -1 below), ``"learnable"`` (``J = A - Aᵀ`` with A learned, initialised to J2/2)
             or a user (n, n) skew-symmetric tensor.
-        activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see :class:`Field`).
-        weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see :class:`Field`).
+        activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see [`Field`][hamode.fields.Field]).
+        weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see [`Field`][hamode.fields.Field]).
         init: ``"default"`` (K ~ N(0, 1/n), b = 0) or ``"normal"`` (N(0, 1), the published code).
 
     Parameters: ``K`` (nodes, m, n), ``b`` (nodes, m), and ``A`` (n, n) if J is learnable.

@@ -36,8 +36,8 @@ class SeparableField(SeparableMixin, Field):
         width: hidden size m of ``K_p, K_q: (m, n/2)`` (default n/2).
         X: ``None`` (identity, fixed), ``"learnable"`` (initialised to the identity)
             or a fixed (n/2, n/2) tensor.
-        activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see :class:`Field`).
-        weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see :class:`Field`).
+        activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see [`Field`][hamode.fields.Field]).
+        weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see [`Field`][hamode.fields.Field]).
         init: ``"default"`` (K ~ N(0, 1/(n/2)), b = 0) or ``"normal"`` (N(0, 1)).
     """
 
@@ -243,9 +243,9 @@ class SparseSeparableField(SeparableField):
         graph: a (G, G) adjacency tensor, or a list of undirected edges ``(i, k)`` with ``n_nodes``.
         n_nodes: G, when ``graph`` is an edge list.
         X: ``None`` (identity) or ``"learnable"`` (block-diagonal, initialised to I).
-        activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see :class:`Field`).
-        weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see :class:`Field`).
-        init: ``"default"`` or ``"normal"`` (see :class:`SeparableField`).
+        activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see [`Field`][hamode.fields.Field]).
+        weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see [`Field`][hamode.fields.Field]).
+        init: ``"default"`` or ``"normal"`` (see [`SeparableField`][hamode.fields.SeparableField]).
     """
 
     def __init__(

@@ -1,5 +1,5 @@
 """Explicit symplectic rules for separable fields (``dp/dt = a(t, q)``, ``dq/dt = b(t, p)``), each a
-coefficient sequence (see :class:`~hamode.integrators.SplittingMethod`)."""
+coefficient sequence (see [`SplittingMethod`][hamode.integrators.SplittingMethod])."""
 
 from __future__ import annotations
 
