@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import math
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ __all__ = [
     "RecordsInitArgs",
     "ResidualBlocks",
     "ResidualCNN",
+    "SetsIntegrator",
     "StagedCNN",
     "Toy2DClassifier",
     "build_net",
@@ -73,22 +75,63 @@ class RecordsInitArgs:
         return self
 
 
-def resolve_t_end(n_layers: int, t_end: float | None, h: float | None) -> float:
-    """The final time from exactly one of ``t_end`` and the layer step ``h`` (``t_end = n_layers * h``)."""
+class SetsIntegrator:
+    """Mixin for models that contain [`HamiltonianNet`][hamode.HamiltonianNet] modules (the flow of a per-pixel net,
+    the stages of a CNN): one call changes the discretisation of all of them, and the model's recorded arguments
+    (``init_config``, what a checkpoint rebuilds it from) follow."""
+
+    def set_integrator(self, integrator: str, substeps: int | None = None) -> None:
+        """Run every Hamiltonian net of the model under ``integrator`` with ``substeps`` per layer (None: each
+        net's current value). Checked for every net first: a call that raises changes nothing."""
+        nets = hamiltonian_nets(self)  # type: ignore[arg-type]
+        if not nets:
+            raise ValueError(f"{type(self).__name__} holds no hamode.HamiltonianNet: there is no integrator to set")
+        before = [(net.integrator_name, net.substeps) for net in nets]
+        try:
+            for net in nets:
+                net.set_integrator(integrator, substeps)
+        except Exception:
+            for net, (name, k) in zip(nets, before):
+                net.set_integrator(name, k)
+            raise
+        config = getattr(self, "init_config", None)
+        if config is not None and "integrator" in config["init_args"]:
+            config["init_args"]["integrator"] = nets[0].integrator_name
+            config["init_args"]["substeps"] = nets[0].substeps
+
+    @property
+    def discretisation(self) -> tuple[str, int] | None:
+        """``(integrator, substeps)`` of the model's Hamiltonian nets (None without one); a ValueError when they
+        differ (one was changed on its own)."""
+        found = {(net.integrator_name, net.substeps) for net in hamiltonian_nets(self)}  # type: ignore[arg-type]
+        if len(found) > 1:
+            name = type(self).__name__
+            raise ValueError(f"the Hamiltonian nets of this {name} run different discretisations: {sorted(found)}")
+        return found.pop() if found else None
+
+
+def resolve_t_end(n_layers: int, t_end: float | None, h: float | None, default_h: float | None = None) -> float:
+    """The final time from exactly one of ``t_end`` and the layer step ``h`` (``t_end = n_layers * h``); when
+    neither is given, from the model's ``default_h``."""
+    if t_end is None and h is None and default_h is not None:
+        h = default_h
     if (t_end is None) == (h is None):
         raise ValueError(f"give exactly one of t_end and h (got t_end={t_end!r}, h={h!r})")
-    if h is not None:
-        if isinstance(h, bool) or not isinstance(h, (int, float)) or not h > 0:
-            raise ValueError(f"h must be a number > 0, got {h!r}")
-        return float(h) * n_layers
-    return t_end
+    for name, value in (("h", h), ("t_end", t_end)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0
+        ):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(h) * n_layers if h is not None else float(t_end)
 
 
 @dataclass(frozen=True)
 class NetArguments:
     """The arguments of a model's Hamiltonian net: one schema (names, types with their ``Literal`` choices, defaults
-    and, in :data:`NET_ARGUMENT_HELP`, help) that :func:`build_net` and every model take, through
-    :func:`takes_net_arguments`. A new argument is added here and in the help, nowhere else."""
+    and, in [`NET_ARGUMENT_HELP`][hamode.models.NET_ARGUMENT_HELP], help) that
+    [`build_net()`][hamode.models.build_net] and every model take, through
+    [`takes_net_arguments()`][hamode.models.takes_net_arguments]. A new argument is added here and in the help,
+    nowhere else."""
 
     architecture: str = "H2"
     n_layers: int = 4
@@ -127,7 +170,8 @@ NET_ARGUMENT_HELP: dict[str, str] = {
     "init": "``default`` (N(0, 1/fan_in) matrices) or ``normal`` (N(0, 1), the papers' 2-D recipe).",
     "solver_options": "options of a torchdiffeq solve, e.g. {{rtol: 1e-4, atol: 1e-5}}.",
 }
-"""Help of each :class:`NetArguments` field (``{ARCHITECTURES}`` and ``{INTEGRATORS}`` are filled from the
+"""Help of each [`NetArguments`][hamode.models.NetArguments] field (``{ARCHITECTURES}`` and ``{INTEGRATORS}`` are
+filled from the
 registries when the models' docs are made)."""
 
 
@@ -136,13 +180,15 @@ def build_net(
     args: NetArguments,
     images: bool = False,
     field_options: dict[str, OptionValue] | None = None,
+    default_h: float | None = None,
 ) -> HamiltonianNet:
-    """A :class:`HamiltonianNet` on states of size ``dim`` from the plain hyper-parameters ``args`` (what configs
+    """A [`HamiltonianNet`][hamode.HamiltonianNet] on states of size ``dim`` from the plain hyper-parameters
+    ``args`` (what configs
     and checkpoints store).
 
     ``images``: whether the caller feeds image states ``(B, C, H, W)``; an image architecture (ConvH1, ConvH2) is
     refused otherwise, and a dense one when it is set. ``field_options``: further arguments of the field class
-    (``kernel_size``, ...)."""
+    (``kernel_size``, ...). ``default_h``: the layer step when ``args`` gives neither ``t_end`` nor ``h``."""
     if not isinstance(args, NetArguments):
         raise TypeError(f"args must be a NetArguments, got {type(args).__name__}")
     architecture = args.architecture
@@ -167,7 +213,7 @@ def build_net(
     )
     return HamiltonianNet(
         field,
-        resolve_t_end(args.n_layers, args.t_end, args.h),
+        resolve_t_end(args.n_layers, args.t_end, args.h, default_h),
         integrator=args.integrator,
         substeps=args.substeps,
         gradient=args.gradient,
@@ -178,13 +224,14 @@ def build_net(
 def takes_net_arguments(
     *, first: tuple[str, ...] = (), after: str | None = None, exclude: tuple[str, ...] = (), **defaults: Any
 ):
-    """Class decorator: the model's ``__init__(self, <own arguments>, **net)`` takes the :class:`NetArguments` too.
+    """Class decorator: the model's ``__init__(self, <own arguments>, **net)`` takes the
+    [`NetArguments`][hamode.models.NetArguments] too.
 
     Its public signature (what ``inspect.signature``, jsonargparse's ``--help`` and configs see) is the model's own
     arguments with the schema's inserted: ``first`` at the front, the others after the own argument ``after``
     (``exclude``: schema fields the model does not take; ``defaults``: the model's own defaults for schema fields).
     The wrapped ``__init__`` receives the schema's values in ``**net``; their help is added to the class
-    docstring's Args from :data:`NET_ARGUMENT_HELP`."""
+    docstring's Args from [`NET_ARGUMENT_HELP`][hamode.models.NET_ARGUMENT_HELP]."""
     hints = typing.get_type_hints(NetArguments)
     schema = {f.name: f for f in dataclasses.fields(NetArguments) if f.name not in exclude}
     unknown = set(defaults) - set(schema)
@@ -221,7 +268,8 @@ def takes_net_arguments(
 
 
 def net_arguments(values: dict[str, Any]) -> NetArguments:
-    """The :class:`NetArguments` among a model's ``**net`` (the schema fields it excludes keep their defaults)."""
+    """The [`NetArguments`][hamode.models.NetArguments] among a model's ``**net`` (the schema fields it excludes
+    keep their defaults)."""
     return NetArguments(**{k: v for k, v in values.items() if k in NetArguments.__dataclass_fields__})
 
 
@@ -245,14 +293,24 @@ def _with_net_help(doc: str, first: tuple[str, ...], rest: list[str], after: str
 
 
 @takes_net_arguments(first=("architecture",), after="dim", architecture="H1_J1", n_layers=16)
-class Toy2DClassifier(RecordsInitArgs, nn.Module):
+class Toy2DClassifier(SetsIntegrator, RecordsInitArgs, nn.Module):
     """2-D points -> zero-padded state of size ``dim`` -> H-DNN -> linear head.
+
+    With no arguments: H1_J1 under forward Euler, 16 layers, ``h = 0.075`` (T = 1.2, the papers' final time), a
+    state of size 4 and the papers' logistic head.
+
+    The head: ``"logit"`` returns one logit per point, shape ``(B,)``, for the logistic loss
+    ``F.binary_cross_entropy_with_logits(model(x), y.float())`` (the papers; ``HDNNClassifier`` applies it);
+    ``"softmax"`` returns class logits ``(B, 2)`` for ``F.cross_entropy(model(x), y)``.
 
     Args:
         dim: state size n (>= 2; the papers use 4).
         positions: where the two input features go in the state (default: the first two).
-        head: ``"logit"`` (one output, logistic loss: the papers) or ``"softmax"`` (two outputs).
+        head: ``"logit"`` (one output ``(B,)``, logistic loss: the papers) or ``"softmax"`` (class logits
+            ``(B, 2)``).
     """
+
+    default_h = 0.075
 
     def __init__(
         self,
@@ -270,7 +328,7 @@ class Toy2DClassifier(RecordsInitArgs, nn.Module):
             raise ValueError(f"head must be 'logit' or 'softmax', got {head!r}")
         self.register_buffer("positions", torch.tensor(positions), persistent=False)
         self.dim = dim
-        self.net = build_net(dim, net_arguments(net))
+        self.net = build_net(dim, net_arguments(net), default_h=self.default_h)
         self.head_kind = head
         self.n_classes = 2
         self.head = nn.Linear(dim, 1 if head == "logit" else 2)
@@ -293,21 +351,24 @@ class Toy2DClassifier(RecordsInitArgs, nn.Module):
 
 
 @takes_net_arguments(first=("architecture",), after="channels", architecture="H2", n_layers=4)
-class MNISTHDNN(RecordsInitArgs, nn.Module):
+class MNISTHDNN(SetsIntegrator, RecordsInitArgs, nn.Module):
     """L4DC's MNIST net: Conv2d(1 -> C, 3x3, padding 1) -> H-DNN on the C channels of every pixel
     (state ``(B, 28, 28, C)``, channels last, no spatial mixing) -> Linear(C·28·28 -> 10).
-    ``n_layers=0`` is the papers' "0 layers" baseline (conv + linear, without an H-DNN).
+    ``n_layers=0`` is the papers' "0 layers" baseline (conv + linear, without an H-DNN). With no arguments: H2
+    under symplectic Euler, 4 layers, ``h = 0.5``, C = 8.
 
     Args:
         channels: channels C of every pixel (the H-DNN's state size).
     """
+
+    default_h = 0.5
 
     def __init__(self, channels: int = 8, **net: Any) -> None:
         super().__init__()
         check_int("channels", channels, 1)
         check_int("n_layers", net["n_layers"], 0)
         self.conv = nn.Conv2d(1, channels, kernel_size=3, padding=1)
-        self.net = build_net(channels, net_arguments(net)) if net["n_layers"] > 0 else None
+        self.net = build_net(channels, net_arguments(net), default_h=self.default_h) if net["n_layers"] > 0 else None
         self.n_classes = 10
         self.head = nn.Linear(channels * 28 * 28, 10)
 
@@ -344,7 +405,8 @@ class StagedCNN(RecordsInitArgs, nn.Module):
     """The frame of the image models: stem, stages at decreasing resolution, transitions, pooling, head.
 
     A stem convolution (3x3, ``in_channels -> channels[0]``, stride ``stem_stride``), then the stages (built by the
-    subclass's :meth:`make_stage`), between stages a **non-Hamiltonian** transition that halves the resolution and
+    subclass's [`make_stage()`][hamode.models.StagedCNN.make_stage]), between stages a **non-Hamiltonian**
+    transition that halves the resolution and
     changes the channels (``"conv"``: a 3x3 convolution with stride 2; ``"pool"``: 2x2 average pooling and a 1x1
     convolution),
     global average pooling and a linear head. With ``norm="batch"`` the stem and every transition are followed by
@@ -417,11 +479,12 @@ class StagedCNN(RecordsInitArgs, nn.Module):
 
 
 @takes_net_arguments(after="layers", exclude=("n_layers", "t_end"), architecture="ConvH2", h=0.2)
-class HamiltonianCNN(StagedCNN):
+class HamiltonianCNN(SetsIntegrator, StagedCNN):
     """A multi-stage Hamiltonian CNN for images ``(B, in_channels, H, W)``.
 
-    The frame of :class:`StagedCNN` (stem, transitions, pooling, head) around stages that are each a
-    :class:`HamiltonianNet` on an image field (``ConvH2`` or ``ConvH1_J1``/``ConvH1_J2``): inside a stage the flow is
+    The frame of [`StagedCNN`][hamode.models.StagedCNN] (stem, transitions, pooling, head) around stages that are each a
+    [`HamiltonianNet`][hamode.HamiltonianNet] on an image field (``ConvH2`` or ``ConvH1_J1``/``ConvH1_J2``): inside
+    a stage the flow is
     symplectic, TAC's lower bound ``‖∂y_N/∂y_j‖ ≥ 1`` holds under symplectic Euler and the stage is exactly
     reversible. The stem and the transitions are not Hamiltonian (see ``norm``).
 
@@ -477,8 +540,8 @@ class ResidualBlocks(nn.Module):
     ) -> None:
         super().__init__()
         m = channels if width is None else check_int("width", width, 1)
-        if isinstance(h, bool) or not isinstance(h, (int, float)) or not h > 0:
-            raise ValueError(f"h must be a number > 0, got {h!r}")
+        if isinstance(h, bool) or not isinstance(h, (int, float)) or not (math.isfinite(h) and h > 0):
+            raise ValueError(f"h must be a finite number > 0, got {h!r}")
         self.h = float(h)
         self.sigma = get_activation(activation).sigma
         pad = kernel_size // 2
@@ -492,8 +555,9 @@ class ResidualBlocks(nn.Module):
 
 
 class ResidualCNN(StagedCNN):
-    """The non-Hamiltonian baseline of :class:`HamiltonianCNN`: the same stem, transitions, pooling and head, with
-    stages of :class:`ResidualBlocks` (a plain ResNet of the same width and depth).
+    """The non-Hamiltonian baseline of [`HamiltonianCNN`][hamode.models.HamiltonianCNN]: the same stem, transitions,
+    pooling and head, with
+    stages of [`ResidualBlocks`][hamode.models.ResidualBlocks] (a plain ResNet of the same width and depth).
 
     Args:
         in_channels: image channels.
@@ -505,8 +569,8 @@ class ResidualCNN(StagedCNN):
         width: hidden channels of each block (None: the stage's channels).
         kernel_size: the blocks' convolution kernel (odd).
         transition: ``"conv"`` or ``"pool"``.
-        norm: ``"batch"`` or ``"none"`` (see :class:`StagedCNN`).
-        stem_stride: 1 or 2 (see :class:`StagedCNN`).
+        norm: ``"batch"`` or ``"none"`` (see [`StagedCNN`][hamode.models.StagedCNN]).
+        stem_stride: 1 or 2 (see [`StagedCNN`][hamode.models.StagedCNN]).
     """
 
     def __init__(
@@ -533,13 +597,14 @@ class ResidualCNN(StagedCNN):
 
 
 def hamiltonian_nets(model: nn.Module) -> list[HamiltonianNet]:
-    """Every :class:`HamiltonianNet` inside ``model`` (itself included), in module order."""
+    """Every [`HamiltonianNet`][hamode.HamiltonianNet] inside ``model`` (itself included), in module order."""
     return [m for m in model.modules() if isinstance(m, HamiltonianNet)]
 
 
 @torch.no_grad()
 def hamiltonian_inputs(model: nn.Module, x: Tensor) -> list[tuple[HamiltonianNet, Tensor]]:
-    """The input state of every :class:`HamiltonianNet` inside ``model`` when ``model(x)`` runs (one forward pass,
+    """The input state of every [`HamiltonianNet`][hamode.HamiltonianNet] inside ``model`` when ``model(x)`` runs
+    (one forward pass,
     no gradient), in the order they ran: what the diagnostics need for any model, a user's own too."""
     seen: list[tuple[HamiltonianNet, Tensor]] = []
     hooks = [

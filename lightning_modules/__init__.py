@@ -1,5 +1,15 @@
 """The training system: LightningModule, DataModules, callbacks and the ``hamode`` CLI."""
 
+try:
+    import lightning  # noqa: F401  (the training extra)
+except ModuleNotFoundError as _missing:
+    raise ModuleNotFoundError(
+        f"the training system and the `hamode` command need hamode's training extra ({_missing.name} is not "
+        "installed): pip install 'hamode[train]' (from a clone: pip install -e '.[train]'); "
+        "the library alone (import hamode) needs only torch and torchdiffeq",
+        name=_missing.name,
+    ) from None
+
 from .callbacks import (
     LastCheckpoint,
     NonFiniteGuard,

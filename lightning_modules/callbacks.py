@@ -32,9 +32,9 @@ __all__ = [
 
 class SensitivityMonitor(L.Callback):
     """Logs ‖∂y_N/∂y_j‖₂ (per sample: mean/min/max over a fixed probe batch) and the smallest singular value of
-    ∂y_N/∂y_j for every :class:`hamode.HamiltonianNet` inside the model (each stage of a CNN), every
+    ∂y_N/∂y_j for every [`HamiltonianNet`][hamode.HamiltonianNet] inside the model (each stage of a CNN), every
     ``every_n_steps`` training steps. Small states get the exact BSM; image states the matrix-free Lanczos estimate
-    (:func:`hamode.diagnostics.layer_sensitivity`).
+    ([`layer_sensitivity()`][hamode.diagnostics.layer_sensitivity]).
 
     Args:
         every_n_steps: logging period in optimizer steps.
@@ -125,10 +125,13 @@ def _detached_copy(value: Any) -> Any:
 
 
 class NonFiniteGuard(L.Callback):
-    """Stops training with a clear message when the loss or a gradient is NaN/Inf, or the loss diverges.
+    """Stops training with a clear message when the loss, a gradient, a weight or a validation output is NaN/Inf,
+    when the loss diverges or passes an absolute ceiling, or when the net is stuck at chance.
 
     The loss is checked before the backward pass and the gradients before the optimizer step, so the
-    weights are never updated by a bad step. The guard keeps (in memory) the whole training state at the end of
+    weights are never updated by a bad step; the weights are checked after every step and the validation outputs
+    at every validation batch, so no checkpoint (``best.ckpt``, ``last.ckpt``) is ever written of a net whose
+    weights or outputs are not finite. The guard keeps (in memory) the whole training state at the end of
     the last batch whose weights then gave a finite, non-diverged loss: weights, optimizer and scheduler states,
     step and loop position of one and the same moment. When it fires it writes that state as ``last_finite.ckpt``
     next to the run's other checkpoints and names that file; ``hamode fit --ckpt_path <it> --model.lr=<smaller>``
@@ -141,11 +144,24 @@ class NonFiniteGuard(L.Callback):
         smoothing: weight of the past in that moving average, in [0, 1).
         keep_finite: keep a copy of the last good training state and write it when the guard fires (costs one
             copy of the model's and optimizer's state per step; False: only stop).
+        loss_ceiling: stop when a step's loss exceeds this absolute value (None: no ceiling). A cross-entropy
+            above 1000 means logits of that size: the net diverged at its first step (a huge ``h`` or ``lr``),
+            where the running minimum has nothing to compare with.
+        chance_patience: stop after this many consecutive validation epochs at chance level: accuracy within one
+            point of ``1 / n_classes`` and a validation loss above twice that of the uniform guess,
+            ``2 ln(n_classes)`` (a net confidently wrong, not learning; None: no check).
     """
 
     FILENAME = "last_finite.ckpt"
 
-    def __init__(self, divergence_factor: float | None = 1e4, smoothing: float = 0.9, keep_finite: bool = True) -> None:
+    def __init__(
+        self,
+        divergence_factor: float | None = 1e4,
+        smoothing: float = 0.9,
+        keep_finite: bool = True,
+        loss_ceiling: float | None = 1e3,
+        chance_patience: int | None = 3,
+    ) -> None:
         super().__init__()
         if divergence_factor is not None and not (
             isinstance(divergence_factor, (int, float)) and math.isfinite(divergence_factor) and divergence_factor > 1
@@ -153,18 +169,34 @@ class NonFiniteGuard(L.Callback):
             raise ValueError(f"divergence_factor must be a finite number > 1 or None, got {divergence_factor!r}")
         if not (isinstance(smoothing, (int, float)) and 0 <= smoothing < 1):
             raise ValueError(f"smoothing must be a number in [0, 1), got {smoothing!r}")
+        if not isinstance(keep_finite, bool):
+            raise ValueError(f"keep_finite must be true or false, got {keep_finite!r}")
+        if loss_ceiling is not None and not (
+            isinstance(loss_ceiling, (int, float))
+            and not isinstance(loss_ceiling, bool)
+            and math.isfinite(loss_ceiling)
+            and loss_ceiling > 0
+        ):
+            raise ValueError(f"loss_ceiling must be a finite number > 0 or None, got {loss_ceiling!r}")
+        if chance_patience is not None and (
+            isinstance(chance_patience, bool) or not isinstance(chance_patience, int) or chance_patience < 1
+        ):
+            raise ValueError(f"chance_patience must be an int >= 1 or None, got {chance_patience!r}")
         self.divergence_factor, self.smoothing, self.keep_finite = divergence_factor, float(smoothing), keep_finite
+        self.loss_ceiling, self.chance_patience = loss_ceiling, chance_patience
         self.smoothed: float | None = None
         self.running_min: float | None = None
+        self.at_chance = 0  # consecutive validation epochs at chance level
         self._pending: dict[str, Any] | None = None  # the state now, its weights not yet checked by a loss
         self._good: dict[str, Any] | None = None  # the last state whose weights gave a finite loss
         self._loss: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"smoothed": self.smoothed, "running_min": self.running_min}
+        return {"smoothed": self.smoothed, "running_min": self.running_min, "at_chance": self.at_chance}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.smoothed, self.running_min = state_dict.get("smoothed"), state_dict.get("running_min")
+        self.at_chance = state_dict.get("at_chance", 0)
 
     def _snapshot(self, trainer) -> None:
         """The training state as a checkpoint would hold it now (between two batches, where Lightning's own
@@ -177,7 +209,37 @@ class NonFiniteGuard(L.Callback):
         self._snapshot(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        params = dict(pl_module.named_parameters())
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params.values()]).all()):  # one sync
+            bad = next(name for name, p in params.items() if not torch.isfinite(p).all())
+            self._stop(trainer, pl_module, f"the weight {bad} is not finite after the optimizer step", updated=True)
         self._snapshot(trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not isinstance(outputs, dict):
+            return
+        finite = outputs.get("finite_outputs")
+        if finite is not None and not bool(finite):
+            # before the epoch's checkpoints: this net is never saved as best.ckpt or last.ckpt
+            why = f"the net's outputs on validation batch {batch_idx} are not finite"
+            self._stop(trainer, pl_module, why, updated=True)
+
+    def on_validation_end(self, trainer, pl_module) -> None:  # the epoch's metrics are aggregated by now
+        n_classes = getattr(pl_module, "n_classes", None)
+        if self.chance_patience is None or trainer.sanity_checking or trainer.state.fn != "fit" or not n_classes:
+            return
+        acc, loss = trainer.callback_metrics.get("val/acc"), trainer.callback_metrics.get("val/loss")
+        if acc is None or loss is None:
+            return
+        chance = float(acc) <= 1 / n_classes + 0.01 and float(loss) > 2 * math.log(n_classes)
+        self.at_chance = self.at_chance + 1 if chance else 0
+        if self.at_chance >= self.chance_patience:
+            self._stop(
+                trainer,
+                pl_module,
+                f"the net is stuck at chance: validation accuracy {100 * float(acc):.1f} % and loss {float(loss):.4g} "
+                f"(the uniform guess: {math.log(n_classes):.3g}) for {self.at_chance} validation epochs in a row",
+            )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._snapshot(trainer)  # after the epoch's validation: the state an epoch checkpoint holds
@@ -187,6 +249,8 @@ class NonFiniteGuard(L.Callback):
         self._loss = value
         if not math.isfinite(value):
             self._stop(trainer, pl_module, f"the loss is {value}")
+        if self.loss_ceiling is not None and value > self.loss_ceiling:
+            self._stop(trainer, pl_module, f"the loss {value:.4g} is above loss_ceiling {self.loss_ceiling:g}")
         if self.divergence_factor is not None and self.running_min is not None:
             limit = self.divergence_factor * self.running_min
             if value > limit:
@@ -213,7 +277,9 @@ class NonFiniteGuard(L.Callback):
             return Path(ckpt.dirpath)
         return Path(trainer.log_dir or trainer.default_root_dir)
 
-    def _stop(self, trainer, pl_module, why: str) -> None:
+    def _stop(self, trainer, pl_module, why: str, updated: bool = False) -> None:
+        """Write the last good state and raise. ``updated``: the weights now are the result of the step found bad
+        (a non-finite weight or output seen after the update), not of one before it."""
         kept = "no step had a finite loss yet, nothing was saved"
         if self._good is not None:
             state = self._good
@@ -227,8 +293,9 @@ class NonFiniteGuard(L.Callback):
         elif not self.keep_finite:
             kept = "keep_finite is off, nothing was saved"
         raise NonFiniteLossError(
-            f"stopping at step {trainer.global_step} (epoch {trainer.current_epoch}): {why}. The weights were not "
-            f"updated by this step; {kept}. Try a smaller lr (resume from that file with --model.lr=...), a larger "
+            f"stopping at step {trainer.global_step} (epoch {trainer.current_epoch}): {why}. "
+            + ("" if updated else "The weights were not updated by this step; ")
+            + f"{kept}. Try a smaller lr (resume from that file with --model.lr=...), a larger "
             "alpha or a smaller h."
         )
 
@@ -251,7 +318,8 @@ class LastCheckpoint(ModelCheckpoint):
 
     An interrupt is never acted on in the middle of a step: the first SIGINT or SIGTERM lets the batch in flight
     finish (its update applied and counted), then ``last.ckpt`` is saved at that batch boundary and training
-    stops with :class:`TrainingInterrupted` (exit status 130 / 143). Resuming from it (``--ckpt_path last``) gives
+    stops with [`TrainingInterrupted`][lightning_modules.TrainingInterrupted] (exit status 130 / 143). Resuming from
+    it (``--ckpt_path last``) gives
     bit-identical weights to an uninterrupted run. A second Ctrl-C stops at once, without saving. A crash (any
     other exception) writes nothing: ``last.ckpt`` only ever holds a state training can continue from exactly.
 

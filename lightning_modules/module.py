@@ -4,11 +4,13 @@ H-DNN, the Hamiltonian CNN, the 2-D classifier and a user's own ``nn.Module`` ar
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import inspect
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -61,10 +63,13 @@ class HDNNClassifier(L.LightningModule):
     discretisation asked; every hyper-parameter is plain data saved in the checkpoint, so ``load_from_checkpoint``
     of a checkpoint written by ``hamode fit`` rebuilds the same model (the net's ``class_path`` and
     ``init_args`` included), and so does one of a hamode model built in Python (they record their arguments,
-    :class:`hamode.models.RecordsInitArgs`); for a user's own module: ``load_from_checkpoint(path, net=the_model)``.
+    [`RecordsInitArgs`][hamode.models.RecordsInitArgs]); for a user's own module: ``load_from_checkpoint(path,
+    net=the_model)``.
 
-    The discretisation hooks (``eval_integrator``, ``eval_substeps``, :meth:`set_integrator`) act on every
-    :class:`hamode.HamiltonianNet` inside the net (the stages of a CNN, the flow of a per-pixel net, a user's own).
+    The discretisation hooks (``eval_integrator``, ``eval_substeps``,
+    [`set_integrator()`][lightning_modules.HDNNClassifier.set_integrator]) act on every
+    [`HamiltonianNet`][hamode.HamiltonianNet] inside the net (the stages of a CNN, the flow of a per-pixel net, a
+    user's own).
 
     Args:
         net: the model: ``hamode.models.MNISTHDNN`` (L4DC's per-pixel H-DNN), ``hamode.models.HamiltonianCNN``,
@@ -135,13 +140,14 @@ class HDNNClassifier(L.LightningModule):
         with warnings.catch_warnings():  # a module given in Python is not hyper-parameter data: dropped below
             warnings.filterwarnings("ignore", message=r"Attribute 'net' is an instance of `nn.Module`.*")
             self.save_hyperparameters()
+        self.net = net
         if isinstance(self.hparams.get("net"), nn.Module):  # built in Python, not from a config
             config = getattr(net, "init_config", None)
             if config is not None:  # hamode's models record their arguments: the checkpoint can rebuild the net
-                self.hparams["net"] = config  # plain data: load_from_checkpoint builds the net from it, nothing more
+                # plain data: load_from_checkpoint builds the net from it, nothing more
+                self.hparams["net"] = self._as_it_runs(copy.deepcopy(config))
             else:  # a user's module: load_from_checkpoint(path, net=...) rebuilds it
                 del self.hparams["net"]
-        self.net = net
         self._train_discretisation = self._discretisations()
         if eval_integrator is not None or eval_substeps is not None:
             self._check_eval(eval_integrator, eval_substeps)
@@ -166,7 +172,7 @@ class HDNNClassifier(L.LightningModule):
         The net is rebuilt from the checkpoint's ``net`` block (``class_path``, ``init_args``) only when its class
         is one of hamode's models or is named in ``trusted``; its arguments must be plain data. Nothing else in the
         checkpoint is instantiated or imported: a checkpoint naming any other class is refused
-        (:class:`~lightning_modules.checkpoints.CheckpointError`) before anything runs. For a user's own module
+        ([`CheckpointError`][lightning_modules.CheckpointError]) before anything runs. For a user's own module
         pass ``net=<the model>`` (its weights are then loaded from the checkpoint).
 
         Args:
@@ -205,6 +211,8 @@ class HDNNClassifier(L.LightningModule):
         return model
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.trainer.training:
+            self._check_unchanged("saving a checkpoint")
         # Lightning's CLI names a function to build the model with; hamode's loader builds it from data and never
         # calls a function a checkpoint names, so the checkpoint does not carry one
         checkpoint.get("hyper_parameters", {}).pop("_instantiator", None)
@@ -215,6 +223,7 @@ class HDNNClassifier(L.LightningModule):
         self._restored_optimizer_hparams = {k: saved[k] for k in OPTIMIZER_HPARAMS if k in saved}
 
     def on_train_start(self) -> None:
+        self._check_unchanged("fit")
         restored = getattr(self, "_restored_optimizer_hparams", None)
         if restored:
             self._apply_to_restored_optimizer(restored)
@@ -258,11 +267,44 @@ class HDNNClassifier(L.LightningModule):
     # ------------------------------------------------------------ discretisation
     @property
     def hamiltonian_nets(self) -> list[HamiltonianNet]:
-        """The :class:`hamode.HamiltonianNet` modules inside the net, in module order (empty for a plain net)."""
+        """The [`HamiltonianNet`][hamode.HamiltonianNet] modules inside the net, in module order (empty for a plain
+        net)."""
         return hamiltonian_nets(self.net)
 
     def _discretisations(self) -> list[tuple[str, int]]:
         return [(n.integrator_name, n.substeps) for n in self.hamiltonian_nets]
+
+    def _as_it_runs(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A model's recorded arguments with the discretisation its Hamiltonian nets run now (changed on the nets
+        after the model was built): the checkpoint rebuilds the model that is trained, not the one first built."""
+        args = config.get("init_args", {})
+        nets = self.hamiltonian_nets
+        if "integrator" not in args or not nets:
+            return config
+        current = set(self._discretisations())
+        built = {(args["integrator"] or n.field.default_integrator, args.get("substeps", 1)) for n in nets}
+        if current == built:
+            return config
+        if len(current) > 1:
+            raise ValueError(
+                f"the Hamiltonian nets of the {type(self.net).__name__} run different discretisations "
+                f"({sorted(current)}), which its recorded arguments cannot express: set one for all with the "
+                "model's set_integrator(...) before handing it to HDNNClassifier"
+            )
+        args["integrator"], args["substeps"] = current.pop()
+        return config
+
+    def _check_unchanged(self, moment: str) -> None:
+        """The nets run the discretisation they were handed over with; one changed behind the system's back
+        (``clf.net.set_integrator(...)`` after construction) is refused rather than silently undone."""
+        now = self._discretisations()
+        if now != self._train_discretisation:
+            raise RuntimeError(
+                f"{moment}: the net's discretisation changed after it was handed to HDNNClassifier "
+                f"(was {self._train_discretisation}, now {now}); the system trains and records the one it was "
+                "given. To evaluate under another rule use HDNNClassifier.set_integrator(...) or eval_integrator; "
+                "to train under another rule build a new HDNNClassifier around the changed net."
+            )
 
     def discretisation(self) -> tuple[str, int] | None:
         """``(integrator, substeps)`` the first Hamiltonian net runs with now (None without one)."""
@@ -291,6 +333,17 @@ class HDNNClassifier(L.LightningModule):
         if substeps is not None:
             self.hparams.eval_substeps = substeps
 
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[tuple[str, int] | None]:
+        """Run the nets under the evaluation discretisation (``eval_integrator`` / ``eval_substeps``, else the
+        training one) inside the block, as validate/test/predict do; yields ``(integrator, substeps)``."""
+        self._check_unchanged("evaluating")
+        self._use_eval_discretisation()
+        try:
+            yield self.discretisation()
+        finally:
+            self._use_train_discretisation()
+
     def _use_eval_discretisation(self) -> None:
         if self.hparams.eval_integrator or self.hparams.eval_substeps:
             self._set_all(self.hparams.eval_integrator, self.hparams.eval_substeps)
@@ -300,22 +353,37 @@ class HDNNClassifier(L.LightningModule):
             net.set_integrator(*saved)
 
     def on_validation_start(self) -> None:
+        self._check_unchanged("validation")
         self._use_eval_discretisation()
 
     def on_validation_end(self) -> None:
         self._use_train_discretisation()
 
     def on_test_start(self) -> None:
+        self._check_unchanged("test")
         self._use_eval_discretisation()
 
+    def on_test_end(self) -> None:  # an evaluation rule never leaks into a later fit
+        self._use_train_discretisation()
+
     def on_predict_start(self) -> None:
+        self._check_unchanged("predict")
         self._use_eval_discretisation()
+
+    def on_predict_end(self) -> None:
+        self._use_train_discretisation()
 
     # ------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         data_classes = getattr(dm, "n_classes", None)
         net_classes = getattr(self.net, "n_classes", None)
+        if data_classes is not None and self.hparams.n_classes is not None and data_classes != self.hparams.n_classes:
+            raise ValueError(
+                f"n_classes={self.hparams.n_classes} was given, but the data module {type(dm).__name__} has "
+                f"{data_classes} classes: leave --model.n_classes unset (it is taken from the net or the data) or "
+                "choose the data it is meant for"
+            )
         if data_classes is not None and net_classes is not None and data_classes != net_classes:
             raise ValueError(
                 f"the net {type(self.net).__name__} has {net_classes} classes but the data module "
@@ -379,17 +447,20 @@ class HDNNClassifier(L.LightningModule):
         self._log_solver_stats("train")
         return total
 
-    def _eval_step(self, batch, stage: str, metric) -> None:
+    def _eval_step(self, batch, stage: str, metric) -> dict[str, Tensor]:
         x, y = batch
-        loss, pred = self._loss(self(x), y)
+        logits = self(x)
+        loss, pred = self._loss(logits, y)
         metric(pred, y)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
         self.log(f"{stage}/acc", metric, prog_bar=True)
         self._log_solver_stats(stage)
+        # what NonFiniteGuard checks: a net whose outputs are not finite is never saved as best or last
+        return {"loss": loss.detach(), "finite_outputs": torch.isfinite(logits).all()}
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         self._check_inputs(batch[0], "validation", batch_idx)
-        self._eval_step(batch, "val", self.val_acc)
+        return self._eval_step(batch, "val", self.val_acc)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._check_inputs(batch[0], "test", batch_idx)

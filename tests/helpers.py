@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -10,6 +14,16 @@ import hamode
 from hamode.fields.base import Field, SeparableMixin
 
 F64 = torch.float64
+ROOT = Path(__file__).resolve().parents[1]
+HAMODE = str(Path(sys.executable).parent / "hamode")
+HAMODE_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def run_hamode(*args: str, cwd: Path, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """The real ``hamode`` command, in a fresh process (one torch thread)."""
+    env = {**HAMODE_ENV, **kw.pop("env", {})}
+    return subprocess.run([HAMODE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 
 class Batches:

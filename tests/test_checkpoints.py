@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from helpers import HAMODE, QUIET, run_hamode
 
 from hamode.models import Toy2DClassifier
 from lightning_modules import CheckpointError, HDNNClassifier, Toy2DDataModule
@@ -25,8 +26,6 @@ pytestmark = pytest.mark.cpu_only
 
 ROOT = Path(__file__).resolve().parents[1]
 SWISS = str(ROOT / "configs/swiss_roll_h1.yaml")
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-HAMODE = str(Path(sys.executable).parent / "hamode")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -35,9 +34,7 @@ def _plain_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["hamode"])
 
 
-def hamode(*args: str, cwd: Path, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    """The real ``hamode`` command."""
-    return subprocess.run([HAMODE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV, **kw)
+hamode = run_hamode
 
 
 # ---------------------------------------------------------------- crafted checkpoints

@@ -189,8 +189,8 @@ def test_unknown_torchdiffeq_method_lists_them():
 @pytest.mark.parametrize(
     "options,error,match",
     [
-        ({"rtol": "1e-6"}, TypeError, r"solver_options\['rtol'\] must be a number > 0, got '1e-6'"),
-        ({"atol": -1.0}, TypeError, r"solver_options\['atol'\] must be a number > 0"),
+        ({"rtol": "1e-6"}, TypeError, r"solver_options\['rtol'\] must be a finite number > 0, got '1e-6'"),
+        ({"atol": -1.0}, TypeError, r"solver_options\['atol'\] must be a finite number > 0"),
         ({"max_num_steps": 2.5}, TypeError, r"max_num_steps'\] must be an int >= 1"),
         (
             {"tolerance": 1e-3},

@@ -302,7 +302,7 @@ def test_residual_cnn_is_the_same_frame_without_hamiltonian_stages():
     assert torch.allclose(block(y), expected, atol=0, rtol=0)
     with pytest.raises(ValueError, match=r"kernel_size must be an odd int >= 1, got 2"):
         ResidualCNN(kernel_size=2)
-    with pytest.raises(ValueError, match=r"h must be a number > 0, got 0"):
+    with pytest.raises(ValueError, match=r"h must be a finite number > 0, got 0"):
         ResidualCNN(h=0)
 
 

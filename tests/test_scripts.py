@@ -66,7 +66,8 @@ def test_ablation_continuous_discrete(tmp_path, monkeypatch):
     rows = {r[0]: r for r in read_csv(tmp_path / "results.csv")[1:]}
     trained = ["euler", "euler x4", "rk4", "rk4 x4", "torchdiffeq:dopri5 tol=0.001", "torchdiffeq:dopri5 tol=1e-05"]
     assert list(rows) == trained
-    assert float(rows["rk4"][8]) == 2 * 4 and float(rows["euler x4"][8]) == 2 * 4  # 2 layers x 4 evaluations
+    nfe = read_csv(tmp_path / "results.csv")[0].index("nfe_per_forward")
+    assert float(rows["rk4"][nfe]) == 2 * 4 and float(rows["euler x4"][nfe]) == 2 * 4  # 2 layers x 4 evaluations
     cross = read_csv(tmp_path / "cross_eval.csv")[1:]
     evaluated = {r[2] for r in cross}
     assert evaluated == {"euler", "euler x2", "euler x4", "euler x8", "euler x16", "torchdiffeq:dopri5 tol=1e-07"}
@@ -99,7 +100,8 @@ def test_compare_integrators(tmp_path, monkeypatch):
     args = ["--out", str(tmp_path), "--layers", "2", "--epochs", "1", "--seeds", "1"]
     script.main([*args, "--integrators", "euler", "symplectic_euler"])
     rows = {r[0]: r for r in read_csv(tmp_path / "results.csv")[1:]}
-    assert float(rows["euler"][8]) == 2 and float(rows["symplectic_euler"][8]) == 2  # evaluations per forward
+    nfe = read_csv(tmp_path / "results.csv")[0].index("nfe_per_forward")
+    assert float(rows["euler"][nfe]) == 2 and float(rows["symplectic_euler"][nfe]) == 2  # evaluations per forward
     cross = read_csv(tmp_path / "cross_eval.csv")[1:]
     assert [float(r[3]) for r in cross if r[0] == r[2] == "euler"] == [float(rows["euler"][5])]  # diagonal
 

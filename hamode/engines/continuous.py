@@ -10,6 +10,7 @@ boundaries as ``jump_t``. ``step_size=h`` is never used (it can add a spurious s
 from __future__ import annotations
 
 import importlib
+import math
 import numbers
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,14 @@ from .common import bound_to, pass_tensors
 if TYPE_CHECKING:
     from ..grid import Schedule
 
-__all__ = ["ADAPTIVE_METHODS", "FIXED_METHODS", "ContinuousSolver", "list_torchdiffeq_methods"]
+__all__ = [
+    "ADAPTIVE_METHODS",
+    "FIXED_METHODS",
+    "MAX_NUM_STEPS",
+    "ContinuousSolveError",
+    "ContinuousSolver",
+    "list_torchdiffeq_methods",
+]
 
 FIXED_METHODS = ("euler", "midpoint", "rk4", "heun2", "heun3", "explicit_adams", "implicit_adams", "fixed_adams")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -30,17 +38,17 @@ ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 _POSITIVE = (numbers.Real,)
 # option -> (allowed types, check, description)
 _COMMON_OPTIONS: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
-    "rtol": (_POSITIVE, lambda v: v > 0, "a number > 0"),
-    "atol": (_POSITIVE, lambda v: v > 0, "a number > 0"),
-    "adjoint_rtol": (_POSITIVE, lambda v: v > 0, "a number > 0"),
-    "adjoint_atol": (_POSITIVE, lambda v: v > 0, "a number > 0"),
+    "rtol": (_POSITIVE, lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "atol": (_POSITIVE, lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "adjoint_rtol": (_POSITIVE, lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "adjoint_atol": (_POSITIVE, lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
 }
 _ADAPTIVE_OPTIONS = {
-    "first_step": (_POSITIVE, lambda v: v > 0, "a number > 0"),
-    "max_step": (_POSITIVE, lambda v: v > 0, "a number > 0"),
-    "min_step": (_POSITIVE, lambda v: v >= 0, "a number >= 0"),
+    "first_step": (_POSITIVE, lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "max_step": (_POSITIVE, lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "min_step": (_POSITIVE, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
     "safety": (_POSITIVE, lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "ifactor": (_POSITIVE, lambda v: v >= 1, "a number >= 1"),
+    "ifactor": (_POSITIVE, lambda v: math.isfinite(v) and v >= 1, "a finite number >= 1"),
     "dfactor": (_POSITIVE, lambda v: 0 < v <= 1, "a number in (0, 1]"),
     "max_num_steps": (numbers.Integral, lambda v: v >= 1, "an int >= 1"),
     "norm": (object, callable, "a callable norm(tensor) -> scalar"),
@@ -123,11 +131,20 @@ class _GridConstructor:
         return sel if t[0] <= t[-1] else sel.flip(0)
 
 
+MAX_NUM_STEPS = 10_000
+"""Steps an adaptive solve takes at most (per call) unless ``solver_options`` gives ``max_num_steps``: a solve
+that needs more stops with [`ContinuousSolveError`][hamode.engines.ContinuousSolveError] instead of running on."""
+
+
+class ContinuousSolveError(RuntimeError):
+    """An adaptive torchdiffeq solve gave up: more than ``max_num_steps`` steps, or a step size below its floor."""
+
+
 class ContinuousSolver:
     """Solves a net's field with a torchdiffeq method on its layer grid.
 
     Args:
-        method: a torchdiffeq method name (see :func:`list_torchdiffeq_methods`).
+        method: a torchdiffeq method name (see [`list_torchdiffeq_methods()`][hamode.engines.list_torchdiffeq_methods]).
         options: ``rtol``/``atol`` (and ``adjoint_rtol``/``adjoint_atol``) plus the
             method's own options (adaptive: ``first_step``, ``max_step``, ``min_step``,
             ``safety``, ``ifactor``, ``dfactor``, ``max_num_steps``, ``norm``; fixed:
@@ -168,6 +185,7 @@ class ContinuousSolver:
         adjoint_rtol = opts.pop("adjoint_rtol", rtol)
         adjoint_atol = opts.pop("adjoint_atol", atol)
         if self.adaptive:
+            opts.setdefault("max_num_steps", MAX_NUM_STEPS)
             inner = grid.boundaries(torch.float64, y0.device)[1:-1]
             lo, hi = t.min(), t.max()
             jumps = inner[(inner > lo) & (inner < hi)]
@@ -178,9 +196,22 @@ class ContinuousSolver:
             opts["perturb"] = True
         stats: dict[str, int] = {}
         dynamics = (_AdaptiveDynamics if self.adaptive else _Dynamics)(field, grid, stats)
+        try:
+            out = self._odeint(tde, dynamics, y0, t, rtol, atol, adjoint_rtol, adjoint_atol, opts, gradient)
+        except AssertionError as err:  # torchdiffeq's step-count and step-size guards
+            raise ContinuousSolveError(
+                f"torchdiffeq:{self.method} could not solve on t in [{float(t[0]):g}, {float(t[-1]):g}] "
+                f"(rtol={rtol:g}, atol={atol:g}): {err}. The field is stiff or its solution explodes (a large "
+                "final time or layer step h, large weights): use a smaller h, a looser rtol/atol, or raise "
+                f"solver_options max_num_steps (default {MAX_NUM_STEPS})"
+            ) from None
+        dynamics.phase = "backward"
+        return out, stats
+
+    def _odeint(self, tde, dynamics, y0, t, rtol, atol, adjoint_rtol, adjoint_atol, opts, gradient) -> Tensor:
         if gradient == "adjoint" and torch.is_grad_enabled():
             params = tuple(p for p in dynamics.tensors.values() if p.requires_grad)
-            out = tde.odeint_adjoint(
+            return tde.odeint_adjoint(
                 dynamics,
                 y0,
                 t,
@@ -192,10 +223,7 @@ class ContinuousSolver:
                 adjoint_atol=adjoint_atol,
                 adjoint_params=params,
             )
-        else:
-            out = tde.odeint(dynamics, y0, t, rtol=rtol, atol=atol, method=self.method, options=opts)
-        dynamics.phase = "backward"
-        return out, stats
+        return tde.odeint(dynamics, y0, t, rtol=rtol, atol=atol, method=self.method, options=opts)
 
     def solve(
         self, field, schedule: "Schedule", y0: Tensor, trajectory: bool, gradient: str = "backprop"

@@ -30,6 +30,8 @@ def check_skew(J: Tensor, dim: int, name: str = "J") -> Tensor:
         raise TypeError(f"{name} must be a tensor, got {type(J).__name__}")
     if J.shape != (dim, dim):
         raise ValueError(f"{name} must have shape ({dim}, {dim}), got {tuple(J.shape)}")
+    if not torch.isfinite(J).all():
+        raise ValueError(f"{name} must be finite, got {J}")
     tol = 1e-12 if J.dtype == torch.float64 else 1e-6
     err = (J + J.mT).abs().max().item()
     if err > tol * max(1.0, J.abs().max().item()):

@@ -11,9 +11,9 @@ cotangent ``k̄`` of the stage values is replaced by the solution ``μ`` of the 
 ``μ = k̄ + (∂F/∂K)ᵀ μ`` (one dense solve per state row with the Jacobians at the stage points for Newton, or
 matrix-free fixed-point iteration); backpropagation never goes through the iterations.
 
-Two paths run the same iteration: the autograd reference (:meth:`ImplicitRungeKutta.step`: the stages are
+Two paths run the same iteration: the autograd reference (`ImplicitRungeKutta.step()`: the stages are
 re-evaluated once with autograd at the solution and a hook applies the transposed solve) and the fused engine
-(:meth:`~ImplicitRungeKutta.fused_step` / :meth:`~ImplicitRungeKutta.fused_vjp`: the field's analytic right-hand
+(`fused_step()` / `fused_vjp()`: the field's analytic right-hand
 side and VJPs, Jacobians from one batched VJP, one recorded VJP per stage for the parameter gradients).
 """
 
@@ -53,11 +53,12 @@ class ImplicitRungeKutta(Integrator):
         rtol: each sample's iteration stops when the largest change of its stage values is at most ``rtol`` times
             its scale (the larger of its stage values and its state over ``|dt|``; None: ``16 * eps`` of the state's
             dtype: 3.6e-15 in float64, 1.9e-6 in float32); a sample that stalls at rounding level (within
-            :data:`STALL_EPS` eps of its scale, with no new smallest change for :data:`STALL_ITERATIONS` iterations)
-            is accepted too, any other raises :class:`ImplicitSolveError` naming it.
-        max_iter: iterations per step before :class:`ImplicitSolveError`.
+            `STALL_EPS` eps of its scale, with no new smallest change for `STALL_ITERATIONS` iterations)
+            is accepted too, any other raises [`ImplicitSolveError`][hamode.integrators.ImplicitSolveError] naming it.
+        max_iter: iterations per step before [`ImplicitSolveError`][hamode.integrators.ImplicitSolveError].
         solver: ``"newton"`` (damped simplified Newton with the per-row Jacobian, for fields that act on each state row
-            ``y[..., :]`` independently: :attr:`Field.row_local`, true of every dense hamode field; refused on the
+            ``y[..., :]`` independently: [`Field.row_local`][hamode.fields.Field.row_local], true of every dense
+            hamode field; refused on the
             others), ``"fixed_point"`` (no Jacobians, no assumption on the field; converges when
             ``|dt| Lip(f) ρ(A) < 1``) or ``"auto"`` (the default: newton on row-local fields, fixed_point on the
             others, e.g. the convolutional fields, whose Jacobian couples neighbouring pixels).
@@ -69,7 +70,9 @@ class ImplicitRungeKutta(Integrator):
     implicit: ClassVar[bool] = True
 
     def __init__(self, rtol: float | None = None, max_iter: int = 100, solver: Solver = "auto") -> None:
-        if rtol is not None and not (isinstance(rtol, (int, float)) and math.isfinite(rtol) and rtol > 0):
+        if rtol is not None and (
+            isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not (math.isfinite(rtol) and rtol > 0)
+        ):
             raise ValueError(f"rtol must be a number > 0 or None (16 eps of the dtype), got {rtol!r}")
         if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
@@ -165,10 +168,10 @@ class ImplicitRungeKutta(Integrator):
     def _iterate(self, evaluate, jacobians, y: Tensor, k0: Tensor, dt: float, stats: dict | None, where: str, solver):
         """Solve ``K = evaluate(K)`` from ``K_i = k0``; ``jacobians(K)``: the per-row ``∂f/∂y`` at the stage points
         of ``K`` (``None``: the simplified matrix's). Newton steps are damped per state row: a row whose residual
-        would grow takes half the step (up to :data:`MAX_HALVINGS` times) and its Jacobians are refreshed at the
+        would grow takes half the step (up to `MAX_HALVINGS` times) and its Jacobians are refreshed at the
         new stage points, so the iteration does not diverge from a poor start at large steps.
 
-        Every sample is solved on its own terms (:func:`_samples`: a state row of a row-local field, a batch element
+        Every sample is solved on its own terms (`_samples()`: a state row of a row-local field, a batch element
         of an image field): it stops when its own (undamped) correction is within ``rtol`` of its own scale, the
         larger of its stage values and its state over ``|dt|`` (the solve's error reaches the step as ``dt`` times
         the error of K), and from then on takes no further step, so its result does not depend on the other
@@ -319,7 +322,7 @@ class ImplicitRungeKutta(Integrator):
 
     def _adjoint_iterate(self, kbar: Tensor, transposed, layer) -> Tensor:
         """``μ = k̄ + (∂F/∂K)ᵀ μ`` by fixed-point iteration; ``transposed(μ)`` is ``(∂F/∂K)ᵀ μ``; per sample as in
-        :meth:`_iterate` (the adjoint runs on fields whose rows are coupled: samples are batch elements)."""
+        `_iterate()` (the adjoint runs on fields whose rows are coupled: samples are batch elements)."""
         rtol, floor = self._tolerance(kbar.dtype)
         groups = _samples(kbar, False)
         mu, change = kbar, None
@@ -421,12 +424,13 @@ class ImplicitRungeKutta(Integrator):
 
 
 STALL_ITERATIONS = 5
-"""A sample whose change is within :data:`STALL_EPS` eps of its scale but has not reached a new minimum for this
+"""A sample whose change is within `STALL_EPS` eps of its scale but has not reached a new minimum for this
 many iterations has stalled at rounding level and is accepted (an oscillating but still contracting iteration,
 whose change is not monotone, keeps going)."""
 STALL_EPS = 128
 """The largest change (in eps of the dtype, relative to the sample's stage values) a stalled iteration is accepted
-with; above it the solve raises :class:`ImplicitSolveError` in every dtype (it was ``sqrt(eps)``: 3.4e-4 in
+with; above it the solve raises [`ImplicitSolveError`][hamode.integrators.ImplicitSolveError] in every dtype (it was
+``sqrt(eps)``: 3.4e-4 in
 float32, which accepted unconverged solves)."""
 NEWTON_CONTRACTION = 0.1
 """A Newton iteration whose change shrinks by less than this factor is refreshed with the Jacobians at the current
@@ -436,7 +440,7 @@ iterations at large steps)."""
 
 class _Stopping:
     """The iterations' stopping test, per sample: its change is within ``rtol`` of its scale (or 0), or it stalled at
-    rounding level (no new smallest change for :data:`STALL_ITERATIONS` iterations, the smallest within ``floor``
+    rounding level (no new smallest change for `STALL_ITERATIONS` iterations, the smallest within ``floor``
     of its scale)."""
 
     __slots__ = ("best", "floor", "rtol", "since_best")
