@@ -1,7 +1,7 @@
 """hamode: Hamiltonian deep neural networks in PyTorch.
 
 A field (the ODE right-hand side ``dy/dt = J ∇H``), an integrator (the
-discretisation) and a layer grid make a :class:`HamiltonianNet`.
+discretisation) and a layer grid make a [`HamiltonianNet`][hamode.HamiltonianNet].
 """
 
 from . import diagnostics, engines, fields, integrators
@@ -28,6 +28,7 @@ from .integrators import (
     ImplicitRungeKutta,
     ImplicitSolveError,
     Integrator,
+    ReversibleRungeKutta,
     RungeKutta,
     SplittingMethod,
     get_integrator,
@@ -35,7 +36,10 @@ from .integrators import (
     register_integrator,
 )
 from .net import GRADIENT_MODES, HamiltonianNet, Solution
+from .probe import check_declaration
 from .regularization import smoothness_penalty
+
+integrators.set_declaration_check(check_declaration)  # a user's rule is measured when it is registered
 
 __version__ = "0.3.0"
 
@@ -57,6 +61,7 @@ __all__ = [
     "MS1Field",
     "MS2Field",
     "MS3Field",
+    "ReversibleRungeKutta",
     "RungeKutta",
     "Schedule",
     "SeparableField",
@@ -64,6 +69,7 @@ __all__ = [
     "SparseSeparableField",
     "SplittingMethod",
     "architecture_info",
+    "check_declaration",
     "diagnostics",
     "engines",
     "fields",

@@ -29,7 +29,7 @@ SolverOptions = dict[str, OptionValue | dict[str, OptionValue]]
 
 @dataclass(frozen=True)
 class Solution:
-    """What :meth:`HamiltonianNet.solve` returns: the states and the solver statistics.
+    """What [`HamiltonianNet.solve()`][hamode.HamiltonianNet.solve] returns: the states and the solver statistics.
 
     ``ys``: ``y(T)``, or the trajectory with ``trajectory=True``. ``stats``: ``nfe`` (right-hand-side
     evaluations of the forward solve; a half-field counts 1/2) and ``steps``; torchdiffeq solves add
@@ -43,7 +43,8 @@ class Solution:
 
 @dataclass(frozen=True)
 class _Discretisation:
-    """The net's discretisation, replaced whole by :meth:`HamiltonianNet.set_integrator` (never half-set)."""
+    """The net's discretisation, replaced whole by
+    [`HamiltonianNet.set_integrator()`][hamode.HamiltonianNet.set_integrator] (never half-set)."""
 
     integrator: Integrator | None
     continuous_solver: ContinuousSolver | None
@@ -55,16 +56,16 @@ class _Discretisation:
 class HamiltonianNet(nn.Module):
     """The H-DNN flow map ``y0 -> y(T)``: the field on N layers of [0, T], discretised.
 
-    The net walks its :class:`~hamode.grid.Schedule` (N layers × ``substeps`` steps of size
+    The net walks its [`Schedule`][hamode.Schedule] (N layers × ``substeps`` steps of size
     ``h / substeps``) and hands each step ``field.layer(j)``: a step never evaluates the field
     across a layer boundary (every stage of RK4 or Yoshida uses layer j's weights). The net owns
     its grid; the field keeps none, so one field can be shared by several nets.
 
     Args:
-        field: a :class:`hamode.fields.Field`.
+        field: a [`Field`][hamode.fields.Field].
         t_end: final time T > 0; the layer step is ``h = T / N``.
-        integrator: a registered name (see :func:`hamode.list_integrators`), an
-            :class:`Integrator`, ``"torchdiffeq:<method>"`` for a continuous solve, or
+        integrator: a registered name (see [`list_integrators()`][hamode.integrators.list_integrators]), an
+            [`Integrator`][hamode.integrators.Integrator], ``"torchdiffeq:<method>"`` for a continuous solve, or
             None for the field's published default.
         substeps: steps per layer (>= 1); for fixed-grid torchdiffeq methods, grid points per layer.
         gradient: ``"backprop"`` (autograd through every step), ``"reversible"`` (keeps only the
@@ -75,12 +76,12 @@ class HamiltonianNet(nn.Module):
             network that the forward solve computes. The two agree as the solver tolerance (or step) goes
             to zero and differ at large h or loose tolerances. Its saved state does not grow with depth.
         solver_options: options for torchdiffeq solvers (``rtol``, ``atol``, ...).
-        fast: use the fused engine (:mod:`hamode.engines`: analytic VJPs, no per-op autograd graph)
+        fast: use the fused engine ([`engines`][hamode.engines]: analytic VJPs, no per-op autograd graph)
             where it applies; ``False`` keeps the autograd reference path. The fused engine never
             changes numbers: under ``torch.func`` transforms and forward-mode AD the net runs the
             reference path, under ``torch.compile`` the fused call runs eagerly (a graph break), a
             backward with ``create_graph=True`` recomputes on the reference path, and under autocast
-            the flow is computed in the parameters' dtype (see :meth:`forward`).
+            the flow is computed in the parameters' dtype (see `forward()`).
     """
 
     def __init__(
@@ -133,7 +134,7 @@ class HamiltonianNet(nn.Module):
 
     @property
     def continuous_solver(self):
-        """The :class:`hamode.engines.ContinuousSolver` of a torchdiffeq solve (None otherwise)."""
+        """The [`ContinuousSolver`][hamode.engines.ContinuousSolver] of a torchdiffeq solve (None otherwise)."""
         return self._disc.continuous_solver
 
     @property
@@ -225,7 +226,7 @@ class HamiltonianNet(nn.Module):
 
         Under autocast the flow is computed in the parameters' dtype with autocast off (an input of
         lower precision is cast up): the ODE solve keeps full precision, the layers around it keep
-        autocast. The solver statistics of the call are kept in :attr:`stats`.
+        autocast. The solver statistics of the call are kept in `stats`.
         """
         solution = self.solve(y0)
         self.stats = solution.stats
@@ -280,7 +281,18 @@ class HamiltonianNet(nn.Module):
                 y = at_boundary(j + 1, y)
             self.stats = total
             return y
-        return reference_flow(self.field, disc.integrator, disc.schedule, y, at_boundary=at_boundary)
+        rule = disc.integrator
+        if rule.copies > 1:  # the tap reads the pair's y and its change is applied to both copies
+            state = rule.lift(y)
+            out = reference_flow(
+                self.field,
+                rule,
+                disc.schedule,
+                state,
+                at_boundary=lambda j, s: rule.perturb(s, at_boundary(j, rule.output(s))),
+            )
+            return rule.output(out)
+        return reference_flow(self.field, rule, disc.schedule, y, at_boundary=at_boundary)
 
     def rhs(self, t: Tensor | float, y: Tensor) -> Tensor:
         """The field's right-hand side ``f(t, y)`` on this net's layer grid."""

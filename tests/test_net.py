@@ -212,7 +212,8 @@ def test_separable_integrator_on_nonseparable_field(name):
     with pytest.raises(
         ValueError,
         match=r"needs a separable field.*use one of euler, gauss_legendre4, heun, implicit_midpoint, midpoint, "
-        r"rk38, rk4 \(symplectic on every field: gauss_legendre4, implicit_midpoint\)",
+        r"reversible_euler, reversible_heun, reversible_rk4, rk38, rk4 \(symplectic on every field: gauss_legendre4, "
+        r"implicit_midpoint\)",
     ):
         hamode.HamiltonianNet(hamode.make_field("H1_J1", dim=4, n_layers=2), 1.0, integrator=name)
 

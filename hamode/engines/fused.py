@@ -12,11 +12,11 @@ Storage policies:
     reversible: the forward keeps only y(T); the backward rebuilds each state with the exact
         inverse step and recomputes that step's tape: memory O(1) in depth.
 
-Applies to fields that provide :class:`hamode.fields.FusedField` and integrators with a fused
+Applies to fields that provide [`FusedField`][hamode.fields.FusedField] and integrators with a fused
 step (every declared splitting and Runge-Kutta method), for piecewise-constant and constant
-weights; :class:`hamode.HamiltonianNet` runs the autograd reference elsewhere (linear weights,
+weights; [`HamiltonianNet`][hamode.HamiltonianNet] runs the autograd reference elsewhere (linear weights,
 torchdiffeq, autograd fields) and wherever the fused Function cannot be traced or transformed
-(see :mod:`hamode.engines`).
+(see [`engines`][hamode.engines]).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ and stacking would only copy: gradients are then formed one layer at a time, fro
 
 
 class FusedOps:
-    """The field's fused right-hand sides for one pass: the :class:`hamode.integrators.StepOps` a fused step calls.
+    """The field's fused right-hand sides for one pass: the [`StepOps`][hamode.integrators.StepOps] a fused step calls.
 
     Holds one dict of per-layer weight views (built once, shared by the forward and the
     backward of a step) and records each VJP's parameter factors and scale by half-field
@@ -359,7 +359,14 @@ class FusedFlow(torch.autograd.Function):
 
 def reconstruct(net, y_end: Tensor) -> Tensor:
     """Run the exact inverse steps from ``y(T)`` back to ``y(0)``: what the reversible backward
-    rebuilds. The gap to the true input measures the floating-point drift of the reconstruction."""
+    rebuilds. The gap to the true input measures the floating-point drift of the reconstruction. For a rule whose
+    state has several copies (the reversible Runge-Kutta pair), ``y_end`` and the result are that whole state."""
+    copies = 1 if net.integrator is None else net.integrator.copies
+    if copies > 1 and (y_end.dim() < net.field.state_rank + 1 or y_end.shape[0] != copies):
+        raise ValueError(
+            f"reconstruct: {net.integrator_name!r} carries a second state z beside y, which y(T) alone does not "
+            f"give: pass its whole final state (shape ({copies}, ...), as the reversible backward keeps it)"
+        )
     if not fused_applies(net.field, net.integrator, reversible=True):
         raise ValueError(
             f"reconstruct needs a reversible integrator with the fused engine; {net.integrator_name!r} "

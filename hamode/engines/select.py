@@ -35,10 +35,22 @@ def solve(
        and plain reverse-mode autograd is active (not torch.func transforms or forward-mode AD);
     4. the reference reversible flow for ``gradient="reversible"`` elsewhere, when a gradient is needed;
     5. the autograd reference loop otherwise (linear weights, autograd fields, hand-written rules, torch.func).
+
+    A rule whose state has several copies (``integrator.copies``) runs on ``integrator.lift(y0)``; what is
+    returned is ``integrator.output`` of its state (of each state, for trajectories).
     """
     if integrator is None:
         ys, stats = continuous_solver.solve(field, schedule, y0, trajectory, gradient)
         return (ys if trajectory else ys[-1]), stats
+    if integrator.copies > 1:  # a rule with a state of several copies (reversible Runge-Kutta: the pair (y, z))
+        out, stats = _solve(field, integrator, schedule, gradient, integrator.lift(y0), fast, trajectory)
+        if trajectory:
+            return torch.stack([integrator.output(state) for state in out.unbind(0)]), stats
+        return integrator.output(out), stats
+    return _solve(field, integrator, schedule, gradient, y0, fast, trajectory)
+
+
+def _solve(field, integrator: Integrator, schedule: Schedule, gradient: str, y0: Tensor, fast: bool, trajectory: bool):
     if integrator.implicit:  # counted by the solve: iterations, and evaluations per iteration
         stats: dict[str, float] = {"nfe": 0, "steps": schedule.n_steps, "iterations": 0, "max_iterations": 0}
     else:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .base import register_integrator
+from .reversible_rk import ReversibleRungeKutta
 from .runge_kutta import RungeKutta
 
-__all__ = ["RK4", "RK38", "Euler", "Heun", "Midpoint"]
+__all__ = ["RK4", "RK38", "Euler", "Heun", "Midpoint", "ReversibleEuler", "ReversibleHeun", "ReversibleRK4"]
 
 
 @register_integrator("euler")
@@ -69,3 +70,27 @@ class RK38(RungeKutta):
     order = 4
     a = ((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0))
     b = (1 / 8, 3 / 8, 3 / 8, 1 / 8)
+
+
+@register_integrator("reversible_euler")
+class ReversibleEuler(ReversibleRungeKutta):
+    """Forward Euler made algebraically reversible (McCallum & Foster 2024): exact gradients with memory flat in
+    depth on every field. Order 1; two Euler evaluations per step."""
+
+    base = Euler
+
+
+@register_integrator("reversible_heun")
+class ReversibleHeun(ReversibleRungeKutta):
+    """Heun's method made algebraically reversible (McCallum & Foster 2024). Order 2; four evaluations per step.
+    (Not Kidger et al.'s reversible Heun for SDEs, which couples the states differently.)"""
+
+    base = Heun
+
+
+@register_integrator("reversible_rk4")
+class ReversibleRK4(ReversibleRungeKutta):
+    """The classical RK4 made algebraically reversible (McCallum & Foster 2024). Order 4; eight evaluations per
+    step."""
+
+    base = RK4
