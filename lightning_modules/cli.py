@@ -83,7 +83,7 @@ def _checkpoint_summary(checkpoint: dict[str, Any]) -> str:
     for key, state in (checkpoint.get("callbacks") or {}).items():
         if key.startswith("ModelCheckpoint") and isinstance(state, dict) and state.get("best_model_score") is not None:
             score = state["best_model_score"]
-            parts.append(f"{state.get('monitor', 'score')} {float(score):.4g}")
+            parts.append(f"best {state.get('monitor', 'score')} of the run so far {float(score):.4g}")
             break
     return ", ".join(parts) or "no epoch recorded"
 
