@@ -428,7 +428,7 @@ def describe(model: HDNNClassifier) -> str:
     return f" ({text})"
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(value: Any, prefix: str = "") -> dict[str, Any]:
     """A nested config (Namespace or dict) as ``{"init_args.n_layers": 4, ...}``."""
     if hasattr(value, "as_dict"):
         value = value.as_dict()
@@ -436,13 +436,13 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
         return {prefix: value}
     out: dict[str, Any] = {}
     for k, v in value.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
 
 
 def _net_differences(asked: Any, saved: Any) -> list[tuple[str, Any, Any]]:
     """``(key, asked, checkpoint)`` for every entry of the net's config that differs."""
-    a, b = _flat(asked), _flat(saved)
+    a, b = flatten_config(asked), flatten_config(saved)
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 

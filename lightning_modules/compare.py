@@ -175,15 +175,6 @@ CONFIG_FILE = "compare_config.json"
 _VOLATILE = ("ckpt_path", "config", "trainer.logger")  # run bookkeeping, not what the net is trained with
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flat(item, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: value}
-
-
 def resolved_config(fit_args: list[str]) -> dict[str, Any]:
     """The full configuration ``hamode fit <fit_args>`` trains with (every model, data and trainer key, the seed,
     the discretisation; the config files and command-line values resolved, defaults included), flattened to
@@ -191,15 +182,15 @@ def resolved_config(fit_args: list[str]) -> dict[str, Any]:
     here."""
     import yaml
 
-    from .cli import cli
+    from .cli import cli, flatten_config
 
-    args = [a for a in fit_args[1:]]  # without the subcommand
+    args = list(fit_args[1:])  # without the subcommand
     if "--ckpt_path" in args:
         i = args.index("--ckpt_path")
         del args[i : i + 2]
     c = cli(args, run=False)
     dumped = yaml.safe_load(c.parser.dump(c.config, skip_check=True))
-    flat = _flat(dumped)
+    flat = flatten_config(dumped)
     return {k: v for k, v in flat.items() if not any(k == v_ or k.startswith(v_ + ".") for v_ in _VOLATILE)}
 
 

@@ -31,11 +31,11 @@ def main(args: list[str] | None = None) -> None:
     try:
         _dispatch(argv)
     except (KeyboardInterrupt, SystemExit) as error:
-        if isinstance(error, SystemExit) and not debug and explain(error, command) is not None:
-            message, status = explain(error, command, argv)
-            print(message, file=sys.stderr)
-            raise SystemExit(status) from None
-        raise
+        found = None if debug or isinstance(error, KeyboardInterrupt) else explain(error, command, argv)
+        if found is None:
+            raise
+        print(found[0], file=sys.stderr)
+        raise SystemExit(found[1]) from None
     except Exception as error:
         found = None if debug else explain(error, command, argv)
         if found is None:

@@ -262,6 +262,8 @@ def test_register_new_integrator_is_picked_up():
         assert type(hamode.get_integrator("rk4")).__name__ == "RK4"
         with pytest.raises(TypeError, match="replace must be True or False"):
             hamode.register_integrator("_test_heun", replace="yes")
+        with pytest.raises(TypeError, match="check must be True or False"):
+            hamode.register_integrator("_test_heun", check=1)
     finally:
         from hamode.integrators import base
 
