@@ -11,13 +11,20 @@ to the model's reference variant. Models:
 (a) ``cnn``: the default Hamiltonian CNN of ``make train`` (configs/mnist_conv_h2.yaml: ConvH2 16/32/64, 2 layers
     per stage, h = 0.5, symplectic Euler, batch-norm transitions, batch 128, AdamW): hamode (fused engine),
     hamode ``fast=False`` (autograd reference path), hamode ``gradient="reversible"``, a hand-written autograd loop
-    of the same layer equations (the baseline), and the ``ResidualCNN`` of the same frame.
+    of the same layer equations (the baseline), and the ``ResidualCNN`` of the same frame. In reduced precision:
+    hamode with ``conv_dtype="bfloat16"`` under ``torch.autocast(bfloat16)`` (what
+    ``--model.net.init_args.conv_dtype=bfloat16 --trainer.precision=bf16-mixed`` runs) against the hand-written loop
+    under the same autocast (every convolution in bf16).
 (b) ``pixel_h1`` / ``pixel_h2``: L4DC's per-pixel MNIST net (conv 1 -> 8, H-DNN on every pixel, 4 layers, batch
     100; H1_J1 with forward Euler, H2 with symplectic Euler): hamode against the papers' layer equations written as
     the published code writes them (a loop over layers with ``F.linear``, the state transposed per call).
 (c) ``deep2d_h1`` / ``deep2d_h2``: the 2-D classifier at depth 1024 (n = 4, batch 125; H1_J1 with forward Euler,
     H2 with symplectic Euler): hamode (backprop and reversible where the rule is reversible) against a plain
     autograd loop.
+
+What reduced precision costs in structure is measured too (``symplecticity.md``): for a ConvH2 layer (float32
+state) with the convolutions in the state's dtype and in bfloat16, the one-step Jacobian's symplecticity defect
+``max |Mᵀ J M - J|`` and the relative drift of H over 1000 symplectic-Euler steps of constant weights.
 """
 
 from __future__ import annotations
@@ -141,13 +148,32 @@ class PlainDeep2D(nn.Module):
         return self.model.regularization(alpha)
 
 
+class Autocast(nn.Module):
+    """``model`` run under ``torch.autocast(device, bfloat16)`` (what Lightning's ``bf16-mixed`` precision does)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.model(x).float()
+
+    def regularization(self, alpha: float) -> Tensor:
+        return self.model.regularization(alpha)
+
+
 # ---------------------------------------------------------------- the benchmark
 OTHER_MODELS = ("ResidualCNN",)
 """Variants that are other models of the same frame (timed beside the others, not the same equations)."""
+BF16 = "bf16"
+"""Variants whose name contains this run in bfloat16: checked against the reference to bfloat16's accuracy."""
+TOLERANCE = {False: 1e-4, True: 3e-2}
 
 
-def _same_logits(variants: dict[str, nn.Module], x: Tensor, reference: str) -> float:
-    """The largest relative difference of each variant's logits from the reference's (eval mode, no step yet)."""
+def _same_logits(variants: dict[str, nn.Module], x: Tensor, reference: str) -> dict[bool, float]:
+    """The largest relative difference of the variants' logits from the reference's (eval mode, no step yet),
+    for the variants in the reference's precision (``False``) and in bfloat16 (``True``)."""
     with torch.no_grad():
         outs = {}
         for name, model in variants.items():
@@ -158,12 +184,48 @@ def _same_logits(variants: dict[str, nn.Module], x: Tensor, reference: str) -> f
             outs[name] = model(x)
             model.train(was)
     ref = outs[reference]
-    worst = max(float((o - ref).abs().max() / ref.abs().max()) for o in outs.values())
-    if worst > 1e-4:
-        raise SystemExit(
-            f"the variants disagree before timing: relative difference {worst:.2e} (reference {reference})"
-        )
+    worst = {False: 0.0, True: 0.0}
+    for name, o in outs.items():
+        reduced = BF16 in name
+        worst[reduced] = max(worst[reduced], float((o - ref).abs().max() / ref.abs().max()))
+    for reduced, w in worst.items():
+        if w > TOLERANCE[reduced]:
+            raise SystemExit(
+                f"the variants disagree before timing: relative difference {w:.2e} (reference {reference}, "
+                f"{'bfloat16' if reduced else 'full precision'} variants)"
+            )
     return worst
+
+
+def _agreement(worst: dict[bool, float], variants: dict[str, nn.Module]) -> str:
+    text = f"logits agree to {worst[False]:.1e} before timing"
+    if any(BF16 in name for name in variants):
+        text += f" (the bf16 variants to {worst[True]:.1e})"
+    return text
+
+
+@torch.no_grad()
+def symplecticity(device: torch.device) -> list[list]:
+    """Rows ``[conv_dtype, one-step defect, H drift]`` for a ConvH2 layer with a float32 state."""
+
+    def net(n_layers: int, conv_dtype: str) -> hamode.HamiltonianNet:
+        torch.manual_seed(0)  # the same weights for every net
+        field = hamode.make_field("ConvH2", 4, n_layers, weights="constant", conv_dtype=conv_dtype)
+        return hamode.HamiltonianNet(field, t_end=0.05 * n_layers, integrator="symplectic_euler").to(device)
+
+    rows = []
+    y0 = torch.randn(1, 4, 5, 5, device=device, generator=torch.Generator().manual_seed(1))
+    energy = net(1000, "state").double()  # H measured exactly (float64, convolutions in float64)
+    for conv_dtype in ("state", "bfloat16"):
+        one = net(1, conv_dtype)
+        with torch.enable_grad():
+            M = torch.autograd.functional.jacobian(lambda y, one=one: one(y.reshape(y0.shape)).flatten(), y0.flatten())
+        J = one.field.flat_structure(5, 5).to(M)
+        defect = float((M.T @ J @ M - J).abs().max())
+        ys = net(1000, conv_dtype).trajectory(y0).reshape(-1, 4, 5, 5)
+        H = energy.hamiltonian(0.0, ys.double())
+        rows.append([conv_dtype, defect, float((H - H[0]).abs().max() / H[0].abs())])
+    return rows
 
 
 def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> Callable[[], None]:
@@ -212,12 +274,16 @@ def model_cases(device: torch.device) -> list[tuple[str, str, dict[str, nn.Modul
         stage.set_integrator("symplectic_euler", gradient="reversible")
     torch.manual_seed(0)
     residual = ResidualCNN(channels=[16, 32, 64], layers=[2, 2, 2], h=0.5, norm="batch")
+    reduced = HamiltonianCNN(**cnn_args, conv_dtype="bfloat16")
+    reduced.load_state_dict(cnn.state_dict())
     variants = {
         "hand-written loop": HandCNN(copy.deepcopy(cnn)),
         "hamode fused": cnn,
         "hamode fast=False": reference,
         "hamode reversible": reversible,
         "ResidualCNN": residual,
+        "hand-written loop, bf16 autocast": Autocast(HandCNN(copy.deepcopy(cnn))),
+        "hamode fused, bf16 convolutions + autocast": Autocast(reduced),
     }
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
     cases.append(
@@ -311,11 +377,20 @@ def main(argv=None) -> None:
             table_rows = [[k, ms[k], ms[k] / ms[ref]] for k in variants]
             rows += [[name, label, k, v, r] for k, v, r in table_rows]
             table = markdown_table(["variant", "ms per training step", f"x {ref}"], table_rows)
-            sections.append(f"### {name}: {desc} ({label})\n\nlogits agree to {worst:.1e} before timing\n\n{table}\n")
+            sections.append(f"### {name}: {desc} ({label})\n\n{_agreement(worst, variants)}\n\n{table}\n")
             print(sections[-1], flush=True)
     machine = f"{torch.__version__}, device {args.device}, median of {args.repeats} interleaved repetitions"
     write_csv(out / "bench_models.csv", ["model", "threads", "variant", "ms", "ratio"], rows)
     write_text(out / "bench_models.md", f"Training step, {machine}\n\n" + "\n".join(sections))
+    sym = symplecticity(device)
+    table = markdown_table(["conv_dtype", "one-step max abs(MᵀJM - J)", "max relative H drift, 1000 steps"], sym)
+    text = (
+        "ConvH2 layer, float32 state (1, 4, 5, 5), h = 0.05, symplectic Euler, constant weights (default init); M the "
+        f"one-step Jacobian (autograd), H over 1000 steps, measured in float64\n\n{table}\n"
+    )
+    print(text)
+    write_csv(out / "symplecticity.csv", ["conv_dtype", "defect", "H_drift"], sym)
+    write_text(out / "symplecticity.md", text)
 
 
 if __name__ == "__main__":

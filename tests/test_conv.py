@@ -281,3 +281,82 @@ def test_conv_h2_with_a_fixed_channel_mixing_x():
         results.append([out, *torch.autograd.grad(out.sin().sum(), [y0, *field.parameters()])])
     for a, b in zip(*results):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-11)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().norm() / b.detach().norm())
+
+
+@pytest.mark.parametrize("arch", IMAGE)
+def test_reduced_precision_convolutions_keep_the_state_and_its_gradients_in_float32(arch):
+    """conv_dtype="bfloat16": the convolutions run in bfloat16 (the results differ from float32's by bfloat16's
+    rounding, not by float32's), the state, its update and every gradient stay float32, and the fused and the
+    reference paths compute the same thing to bfloat16's accuracy, in both gradient modes."""
+    torch.manual_seed(0)
+    exact = hamode.make_field(arch, dim=4, n_layers=3)
+    reduced = hamode.make_field(arch, dim=4, n_layers=3, conv_dtype="bfloat16")
+    reduced.load_state_dict(exact.state_dict())
+    assert (exact.conv_dtype, reduced.conv_dtype) == ("state", "bfloat16")
+    y0 = torch.randn(2, 4, 6, 5)
+    results = {}
+    for field in (exact, reduced):
+        rule = "symplectic_euler" if field.separable else "reversible_heun"  # reversible rules, both kinds of field
+        for fast in (True, False):
+            for mode in ("backprop", "reversible"):
+                net = hamode.HamiltonianNet(field, 0.9, rule, fast=fast, gradient=mode)
+                y = y0.clone().requires_grad_(True)
+                out = net(y)
+                assert out.dtype == torch.float32 and out.shape == y0.shape
+                grads = torch.autograd.grad(out.sin().sum(), [y, *field.parameters()])
+                assert all(g.dtype == torch.float32 for g in grads)
+                results[(field.conv_dtype, fast, mode)] = [out, *grads]
+    want = results[("state", False, "backprop")]
+    for key, got in results.items():
+        for a, b in zip(got, want):
+            if key[0] == "state":
+                assert _relative(a, b) < 1e-5, key
+            else:  # bfloat16 rounding (2^-8 relative per product), visible and small
+                assert _relative(a, b) < 3e-2, key
+        if key[0] == "bfloat16":
+            assert _relative(got[0], want[0]) > 1e-5, "the convolutions did not run in bfloat16"
+    # fused and reference run the same bfloat16 products: closer to each other than to float32
+    fused, ref = results[("bfloat16", True, "backprop")], results[("bfloat16", False, "backprop")]
+    assert _relative(fused[0], ref[0]) < 0.1 * _relative(fused[0], want[0])
+
+
+def test_reduced_precision_is_refused_unless_named_and_reaches_the_cnn():
+    from hamode.models import HamiltonianCNN
+
+    for bad in ("half", "bf16", torch.bfloat16, None):
+        with pytest.raises(ValueError, match=r"conv_dtype must be one of \['bfloat16', 'float16', 'state'\]"):
+            hamode.make_field("ConvH2", dim=4, n_layers=2, conv_dtype=bad)
+    torch.manual_seed(0)
+    exact = HamiltonianCNN(channels=(4, 8), layers=(1, 1))
+    reduced = HamiltonianCNN(channels=(4, 8), layers=(1, 1), conv_dtype="bfloat16")
+    reduced.load_state_dict(exact.state_dict())
+    assert [net.field.conv_dtype for net in reduced.stages] == ["bfloat16", "bfloat16"]
+    assert reduced.init_config["init_args"]["conv_dtype"] == "bfloat16"
+    images = torch.randn(3, 1, 12, 12)
+    exact.eval(), reduced.eval()
+    a, b = exact(images), reduced(images)
+    assert b.dtype == torch.float32 and 1e-6 < _relative(b, a) < 3e-2
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16-mixed: the frame in bfloat16, the stages as set
+        c = reduced(images)
+    assert torch.isfinite(c).all() and _relative(c.float(), a) < 5e-2
+
+
+def test_image_states_in_either_memory_format_give_the_same_flow():
+    """The fused engine runs image states channels_last (a ConvH2 split of such a state is two channels_last
+    halves); a contiguous state gives the same values, and so does the reference path."""
+    field = conv_field("ConvH2", 2)
+    y = torch.randn(3, 4, 6, 5, dtype=F64)
+    p, q = field.split(y.contiguous(memory_format=torch.channels_last))
+    assert p.is_contiguous(memory_format=torch.channels_last) and q.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(p, y[:, :2]) and torch.equal(q, y[:, 2:])
+    outs = []
+    for fast in (True, False):
+        net = hamode.HamiltonianNet(field, 0.5, fast=fast)
+        for state in (y, y.contiguous(memory_format=torch.channels_last)):
+            outs.append(net(state))
+    for out in outs[1:]:
+        assert torch.allclose(out, outs[0], rtol=1e-12, atol=1e-14)

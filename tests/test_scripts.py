@@ -227,11 +227,18 @@ def test_bench_models_baselines_compute_the_models_equations(tmp_path, capsys):
 
     bench = load("bench_models")
     for name, _, variants, x, _, reference in bench.model_cases(torch.device("cpu")):
-        assert bench._same_logits(variants, x[:8], reference) <= 1e-4, name
+        worst = bench._same_logits(variants, x[:8], reference)
+        assert worst[False] <= 1e-4, name
+        if any("bf16" in v for v in variants):  # the CNN's bfloat16 variants: to bfloat16's accuracy, and not equal
+            assert 1e-5 < worst[True] <= 3e-2, name
     bench.main(["--out", str(tmp_path), "--only", "pixel_h1", "--repeats", "1", "--threads", "1"])
     rows = read_csv(tmp_path / "bench_models.csv")[1:]
     assert [r[2] for r in rows] == ["published-style loop", "hamode fused"] and float(rows[0][4]) == 1.0
     assert "$ python scripts/bench_models.py" in capsys.readouterr().out
+    # what bfloat16 convolutions cost the structure: a defect far above float32's, far below O(1)
+    (state, d_state, _), (reduced, d_reduced, _) = read_csv(tmp_path / "symplecticity.csv")[1:]
+    assert (state, reduced) == ("state", "bfloat16")
+    assert float(d_state) < 1e-5 < float(d_reduced) < 1e-2
     for bad in (["--repeats", "0"], ["--threads", "x"], ["--threads", "0"]):
         with pytest.raises(SystemExit):
             bench.main(["--out", str(tmp_path), *bad])

@@ -27,19 +27,31 @@ from ..validation import check_int
 from .base import Field, InitMode, SeparableMixin, WeightsMode, scaled_
 from .structure import fixed_structure
 
-__all__ = ["ConvField", "ConvH1Field", "ConvH2Field", "Convolution"]
+__all__ = ["ConvDtype", "ConvField", "ConvH1Field", "ConvH2Field", "Convolution"]
 
 Padding = Literal["zeros", "circular"]
+ConvDtype = Literal["state", "bfloat16", "float16"]
+"""The dtype a convolutional field's evaluations run in: ``"state"`` (the state's own), or a reduced precision."""
+_CONV_DTYPES: dict[str, torch.dtype | None] = {"state": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class Convolution:
     """A size-preserving 2-D convolution, its adjoint and its weight gradient (stride 1, odd kernel).
 
-    ``apply(x, W)`` is ``K x`` for a weight ``W: (m, C, k, k)``; ``adjoint(z, W)`` is ``Kᵀ z`` (so
+    ``apply(x, W, b)`` is ``K x + b`` for a weight ``W: (m, C, k, k)`` and an optional bias ``b: (m,)`` (added by
+    the convolution itself: a broadcast add over a ``channels_last`` batch of few channels costs half a
+    convolution); ``adjoint(z, W)`` is ``Kᵀ z`` (so
     ``<K x, z> = <x, Kᵀ z>`` exactly); ``weight_grad(x, g, shape)`` is ``∂<g, K x>/∂W``.
+
+    ``dtype``: the precision the products run in (see [`ConvField`][hamode.fields.ConvField]): with
+    ``"bfloat16"`` the inputs and the weights are rounded to it, the products are accumulated by the backend
+    (in float32 on oneDNN and cuDNN), rounded to it and returned in the input's dtype (``weight_grad``: in the
+    dtype asked for).
     """
 
-    def __init__(self, kernel_size: int = 3, dilation: int = 1, padding: Padding = "zeros") -> None:
+    def __init__(
+        self, kernel_size: int = 3, dilation: int = 1, padding: Padding = "zeros", dtype: ConvDtype = "state"
+    ) -> None:
         self.kernel_size = check_int("kernel_size", kernel_size, 1)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (a size-preserving convolution), got {kernel_size}")
@@ -48,32 +60,53 @@ class Convolution:
             raise ValueError(f"padding must be 'zeros' or 'circular', got {padding!r}")
         self.padding = padding
         self.pad = self.dilation * (self.kernel_size - 1) // 2
+        if not isinstance(dtype, str) or dtype not in _CONV_DTYPES:
+            raise ValueError(f"conv_dtype must be one of {sorted(_CONV_DTYPES)}, got {dtype!r}")
+        self.dtype = dtype
+        self.compute_dtype = _CONV_DTYPES[dtype]
 
     def __repr__(self) -> str:
-        return f"Convolution(kernel_size={self.kernel_size}, dilation={self.dilation}, padding={self.padding!r})"
+        extra = "" if self.compute_dtype is None else f", dtype={self.dtype!r}"
+        return f"Convolution(kernel_size={self.kernel_size}, dilation={self.dilation}, padding={self.padding!r}{extra})"
+
+    def cast(self, x: Tensor) -> Tensor:
+        """``x`` in the precision the products run in (``x`` itself at ``dtype="state"``)."""
+        cd = self.compute_dtype
+        return x if cd is None or x.dtype == cd else x.to(cd)
+
+    def adjoint_kernel(self, W: Tensor) -> Tensor:
+        """The kernel of ``Kᵀ`` as a correlation: ``W`` with its two channel axes swapped and its taps flipped
+        (leading axes, e.g. layers, are kept); ``adjoint(z, W)`` is ``apply(z, adjoint_kernel(W))``."""
+        return W.transpose(-4, -3).flip(-1, -2)
 
     def _circular(self, x: Tensor) -> Tensor:
         p = self.pad
         return F.pad(x, (p, p, p, p), mode="circular") if p else x
 
-    def apply(self, x: Tensor, W: Tensor) -> Tensor:
+    def apply(self, x: Tensor, W: Tensor, b: Tensor | None = None) -> Tensor:
+        dtype, x, W = x.dtype, self.cast(x), self.cast(W)
+        b = None if b is None else self.cast(b)
         if self.padding == "circular":
-            return F.conv2d(self._circular(x), W, dilation=self.dilation)
-        return F.conv2d(x, W, padding=self.pad, dilation=self.dilation)
+            out = F.conv2d(self._circular(x), W, b, dilation=self.dilation)
+        else:
+            out = F.conv2d(x, W, b, padding=self.pad, dilation=self.dilation)
+        return out if out.dtype == dtype else out.to(dtype)
 
     def adjoint(self, z: Tensor, W: Tensor) -> Tensor:
         # Kᵀ of a size-preserving (stride 1) correlation is the correlation with the flipped, transposed kernel.
         # Written as conv2d rather than conv_transpose2d: the same operator (to rounding), but on the CPU
         # conv_transpose2d of a few channels misses oneDNN's fast path (4x slower on (128, 8, 28, 28), 1 thread).
-        Wt = W.transpose(0, 1).flip(-1, -2)
-        if self.padding == "circular":
-            return F.conv2d(self._circular(z), Wt, dilation=self.dilation)
-        return F.conv2d(z, Wt, padding=self.pad, dilation=self.dilation)
+        return self.apply(z, self.adjoint_kernel(W))
 
-    def weight_grad(self, x: Tensor, g: Tensor, shape: torch.Size) -> Tensor:
+    def weight_grad(self, x: Tensor, g: Tensor, shape: torch.Size, dtype: torch.dtype | None = None) -> Tensor:
+        """``∂<g, K x>/∂W`` for a weight of ``shape``, returned in ``dtype`` (default ``x``'s)."""
+        out_dtype = x.dtype if dtype is None else dtype
+        x, g = self.cast(x), self.cast(g)
         if self.padding == "circular":
-            return conv2d_weight(self._circular(x), shape, g, dilation=self.dilation)
-        return conv2d_weight(x, shape, g, padding=self.pad, dilation=self.dilation)
+            out = conv2d_weight(self._circular(x), shape, g, dilation=self.dilation)
+        else:
+            out = conv2d_weight(x, shape, g, padding=self.pad, dilation=self.dilation)
+        return out.to(out_dtype)
 
     def operator_norm_bound(self, W: Tensor) -> Tensor:
         """``Σ_taps ‖W[:, :, a, b]‖₂ >= ‖K‖₂`` (Young's inequality; the leading axes of ``W`` are kept)."""
@@ -91,6 +124,19 @@ class ConvField(Field):
 
     The state of one sample is ``(C, H, W)``; diagnostics flatten it to ``C H W`` coordinates, where the
     structure matrix is ``J ⊗ I_{HW}`` ([`flat_structure()`][hamode.fields.ConvField.flat_structure]).
+
+    **Reduced precision** (``conv_dtype="bfloat16"`` or ``"float16"``): the convolutions K and Kᵀ (and, in the
+    backward, their weight gradients) run in that dtype: their inputs and weights are rounded to it, the products
+    accumulated by the backend (in float32 on oneDNN and cuDNN) and the results rounded to it; everything else (b,
+    σ, J or X, the state, its update ``y + h f`` and every gradient) stays in the state's dtype. On CPUs with bf16
+    matrix units (AMX) and on GPUs a convolution is several times faster so. The price: the layer map is exactly
+    symplectic no longer (the field equals J times the gradient of H only up to the reduced precision's rounding,
+    measured by `scripts/bench_models.py`), and the fused and reference paths agree to that precision rather
+    than to the state's rounding. ``"state"`` (the default) computes in the state's dtype and keeps every exact
+    property.
+
+    The fused engine runs image states in the ``channels_last`` memory format (oneDNN's and cuDNN's fast
+    layout; a state in another layout is copied once per solve).
     """
 
     state_rank: ClassVar[int] = 3
@@ -108,15 +154,17 @@ class ConvField(Field):
         super().check_state(y.movedim(1, -1), name)
 
     def fused_rows(self, y: Tensor) -> Tensor:
-        return y.reshape(-1, *y.shape[-3:])
+        return y.reshape(-1, *y.shape[-3:]).contiguous(memory_format=torch.channels_last)
 
     def flat_structure(self, height: int, width: int) -> Tensor:
         """The structure matrix on the flattened ``(C, H, W)`` state: ``J ⊗ I_{HW}``."""
         J = self.J
         return torch.kron(J, torch.eye(height * width, dtype=J.dtype, device=J.device))
 
-    def _bias(self, b: Tensor) -> Tensor:
-        return b[:, None, None]
+    @property
+    def conv_dtype(self) -> ConvDtype:
+        """The precision of the evaluations (see above)."""
+        return self.conv.dtype
 
 
 @register_architecture("ConvH1_J1", J="J1")
@@ -137,6 +185,8 @@ class ConvH1Field(ConvField):
         activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see [`Field`][hamode.fields.Field]).
         weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see [`Field`][hamode.fields.Field]).
         init: ``"default"`` (K ~ N(0, 1/(C k²)), b = 0) or ``"normal"`` (N(0, 1)).
+        conv_dtype: ``"state"``, ``"bfloat16"`` or ``"float16"``: the precision of the evaluations (see
+            [`ConvField`][hamode.fields.ConvField]).
 
     Parameters: ``K`` (nodes, m, C, k, k), ``b`` (nodes, m).
     """
@@ -155,11 +205,12 @@ class ConvH1Field(ConvField):
         activation: str | Activation = "tanh",
         weights: WeightsMode = "piecewise",
         init: InitMode = "default",
+        conv_dtype: ConvDtype = "state",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__(dim, n_layers, activation, weights)
-        self.conv = Convolution(kernel_size, dilation, padding)
+        self.conv = Convolution(kernel_size, dilation, padding, conv_dtype)
         factory = {"dtype": dtype, "device": device}
         m = dim if width is None else check_int("width", width, 1)
         self.width = m
@@ -180,11 +231,11 @@ class ConvH1Field(ConvField):
 
     def _rhs(self, w: dict[str, Tensor], y: Tensor) -> Tensor:
         K = w["K"]
-        s = self.activation.sigma(self.conv.apply(y, K) + self._bias(w["b"]))
+        s = self.activation.sigma(self.conv.apply(y, K, w["b"]))
         return channel_mix(w["J"], self.conv.adjoint(s, K))
 
     def _energy(self, w: dict[str, Tensor], y: Tensor) -> Tensor:
-        z = self.conv.apply(y, w["K"]) + self._bias(w["b"])
+        z = self.conv.apply(y, w["K"], w["b"])
         return self.activation.antiderivative(z).sum((-3, -2, -1))
 
     def _structure(self, w: dict[str, Tensor]) -> Tensor:
@@ -194,24 +245,24 @@ class ConvH1Field(ConvField):
         S = self.activation.slope_bound
         return {"full": S * torch.linalg.matrix_norm(w["J"], 2) * self.conv.operator_norm_bound(w["K"]) ** 2}
 
-    # fused engine: the same products without autograd; ctx = σ(K y + b)
+    # fused engine: the same products without autograd; ctx = σ(K y + b). The kernels of K and Kᵀ are made once per
+    # pass for all layers, in the convolutions' precision.
     def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"K": table["K"], "b": table["b"], "J": table["J"], "Jt": table["J"].mT}
+        c, K, J = self.conv.cast, table["K"], table["J"]
+        return {"K": c(K), "Kt": c(self.conv.adjoint_kernel(K)), "b": c(table["b"]), "J": J, "Jt": J.mT}
 
     def fused_f(self, w, y, alpha=1.0, base=None):
-        K = w["K"]
-        s = self.activation.sigma_(self.conv.apply(y, K).add_(self._bias(w["b"])))
-        out = channel_mix(w["J"], self.conv.adjoint(s, K))
+        s = self.activation.sigma_(self.conv.apply(y, w["K"], w["b"]))
+        out = channel_mix(w["J"], self.conv.apply(s, w["Kt"]))
         return scaled_(out, alpha, base), s
 
     def fused_f_vjp(self, w, y, s, c, alpha=1.0, base=None):
-        K = w["K"]
         cj = channel_mix(w["Jt"], c)
-        gz = self.activation.backprop_through_output(self.conv.apply(cj, K), s)
-        return scaled_(self.conv.adjoint(gz, K), alpha, base), (s, cj, gz, y)
+        gz = self.activation.backprop_through_output(self.conv.apply(cj, w["K"]), s)
+        return scaled_(self.conv.apply(gz, w["Kt"]), alpha, base), (s, cj, gz, y)
 
     def fused_group_grads(self, name, fw, table, factors, a):
-        return _conv_group_grads(self.conv, fw["K"], factors, a, "K", "b", sign=1.0)
+        return _conv_group_grads(self.conv, table["K"], factors, a, "K", "b", sign=1.0)
 
 
 @register_architecture("ConvH2")
@@ -232,6 +283,8 @@ class ConvH2Field(SeparableMixin, ConvField):
         activation: ``"tanh"``, ``"relu"`` or ``"sigmoid"`` (see [`Field`][hamode.fields.Field]).
         weights: ``"piecewise"``, ``"constant"`` or ``"linear"`` (see [`Field`][hamode.fields.Field]).
         init: ``"default"`` (K ~ N(0, 1/((C/2) k²)), b = 0) or ``"normal"`` (N(0, 1)).
+        conv_dtype: ``"state"``, ``"bfloat16"`` or ``"float16"``: the precision of the evaluations (see
+            [`ConvField`][hamode.fields.ConvField]).
 
     Parameters: ``Kp``, ``Kq`` (nodes, m, C/2, k, k), ``bp``, ``bq`` (nodes, m).
     """
@@ -250,13 +303,14 @@ class ConvH2Field(SeparableMixin, ConvField):
         activation: str | Activation = "tanh",
         weights: WeightsMode = "piecewise",
         init: InitMode = "default",
+        conv_dtype: ConvDtype = "state",
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         if isinstance(dim, int) and not isinstance(dim, bool) and dim % 2:
             raise ValueError(f"ConvH2Field splits the channels into p and q and needs an even dim, got dim={dim}")
         super().__init__(dim, n_layers, activation, weights)
-        self.conv = Convolution(kernel_size, dilation, padding)
+        self.conv = Convolution(kernel_size, dilation, padding, conv_dtype)
         factory = {"dtype": dtype, "device": device}
         half = dim // 2
         self.half = half
@@ -284,7 +338,12 @@ class ConvH2Field(SeparableMixin, ConvField):
         return 2 * (self.width * self.half * k * k + self.width)
 
     def split(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        return y[..., : self.half, :, :], y[..., self.half :, :, :]
+        p, q = y[..., : self.half, :, :], y[..., self.half :, :, :]
+        if y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last):
+            # a channel slice of a channels_last batch is in neither layout: the convolutions would copy it and
+            # every elementwise op mixing it with their (contiguous) outputs would take the slow path
+            return p.contiguous(memory_format=torch.channels_last), q.contiguous(memory_format=torch.channels_last)
+        return p, q
 
     def join(self, p: Tensor, q: Tensor) -> Tensor:
         return torch.cat([p, q], dim=-3)
@@ -304,20 +363,20 @@ class ConvH2Field(SeparableMixin, ConvField):
     def _mix(self, M: Tensor, z: Tensor) -> Tensor:
         return channel_mix(M, z) if self.mixing else z
 
-    def _half(self, K: Tensor, b: Tensor, x: Tensor) -> Tensor:
-        return self.conv.adjoint(self.activation.sigma(self.conv.apply(x, K) + self._bias(b)), K)
+    def _half(self, K: Tensor, b: Tensor, M: Tensor, x: Tensor) -> Tensor:
+        return self._mix(M, self.conv.adjoint(self.activation.sigma(self.conv.apply(x, K, b)), K))
 
     def _dp(self, w: dict[str, Tensor], q: Tensor) -> Tensor:
-        return -self._mix(w["X"].mT, self._half(w["Kq"], w["bq"], q))
+        return -self._half(w["Kq"], w["bq"], w["X"].mT, q)
 
     def _dq(self, w: dict[str, Tensor], p: Tensor) -> Tensor:
-        return self._mix(w["X"], self._half(w["Kp"], w["bp"], p))
+        return self._half(w["Kp"], w["bp"], w["X"], p)
 
     def _energy(self, w: dict[str, Tensor], y: Tensor) -> Tensor:
         p, q = self.split(y)
         sig, conv = self.activation.antiderivative, self.conv.apply
-        hp = sig(conv(p, w["Kp"]) + self._bias(w["bp"])).sum((-3, -2, -1))
-        return hp + sig(conv(q, w["Kq"]) + self._bias(w["bq"])).sum((-3, -2, -1))
+        hp = sig(conv(p, w["Kp"], w["bp"])).sum((-3, -2, -1))
+        return hp + sig(conv(q, w["Kq"], w["bq"])).sum((-3, -2, -1))
 
     def _structure(self, w: dict[str, Tensor]) -> Tensor:
         X = w["X"]
@@ -332,34 +391,36 @@ class ConvH2Field(SeparableMixin, ConvField):
 
     # fused engine
     def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
-        X = table["X"]
-        return {key: table[key] for key in ("Kp", "bp", "Kq", "bq")} | {"X": X, "Xt": X.mT}
+        c, X, adj = self.conv.cast, table["X"], self.conv.adjoint_kernel
+        out = {key: c(table[key]) for key in ("Kp", "bp", "Kq", "bq")}
+        out |= {"Kpt": c(adj(table["Kp"])), "Kqt": c(adj(table["Kq"]))}
+        return out | {"X": X, "Xt": X.mT}
 
-    def _half_eval(self, K, b, M, sign, x, alpha, base):
-        s = self.activation.sigma_(self.conv.apply(x, K).add_(self._bias(b)))
-        return scaled_(self._mix(M, self.conv.adjoint(s, K)), sign * alpha, base), s
+    def _half_eval(self, K, Kt, b, M, sign, x, alpha, base):
+        s = self.activation.sigma_(self.conv.apply(x, K, b))
+        return scaled_(self._mix(M, self.conv.apply(s, Kt)), sign * alpha, base), s
 
-    def _half_vjp(self, K, Mt, sign, x, s, c, alpha, base):
+    def _half_vjp(self, K, Kt, Mt, sign, x, s, c, alpha, base):
         cm = self._mix(Mt, c)  # the cotangent behind the channel mixing (unsigned)
         gz = self.activation.backprop_through_output(self.conv.apply(cm, K), s)
-        return scaled_(self.conv.adjoint(gz, K), sign * alpha, base), (s, cm, gz, x)
+        return scaled_(self.conv.apply(gz, Kt), sign * alpha, base), (s, cm, gz, x)
 
     def fused_dp(self, w, q, alpha=1.0, base=None):  # -Xᵀ K_qᵀ σ(K_q q + b_q)
-        return self._half_eval(w["Kq"], w["bq"], w["Xt"], -1.0, q, alpha, base)
+        return self._half_eval(w["Kq"], w["Kqt"], w["bq"], w["Xt"], -1.0, q, alpha, base)
 
     def fused_dp_vjp(self, w, q, s, c, alpha=1.0, base=None):
-        return self._half_vjp(w["Kq"], w["X"], -1.0, q, s, c, alpha, base)
+        return self._half_vjp(w["Kq"], w["Kqt"], w["X"], -1.0, q, s, c, alpha, base)
 
     def fused_dq(self, w, p, alpha=1.0, base=None):  # X K_pᵀ σ(K_p p + b_p)
-        return self._half_eval(w["Kp"], w["bp"], w["X"], 1.0, p, alpha, base)
+        return self._half_eval(w["Kp"], w["Kpt"], w["bp"], w["X"], 1.0, p, alpha, base)
 
     def fused_dq_vjp(self, w, p, s, c, alpha=1.0, base=None):
-        return self._half_vjp(w["Kp"], w["Xt"], 1.0, p, s, c, alpha, base)
+        return self._half_vjp(w["Kp"], w["Kpt"], w["Xt"], 1.0, p, s, c, alpha, base)
 
     def fused_group_grads(self, name, fw, table, factors, a):
         if name == "dp":
-            return _conv_group_grads(self.conv, fw["Kq"], factors, a, "Kq", "bq", sign=-1.0)
-        return _conv_group_grads(self.conv, fw["Kp"], factors, a, "Kp", "bp", sign=1.0)
+            return _conv_group_grads(self.conv, table["Kq"], factors, a, "Kq", "bq", sign=-1.0)
+        return _conv_group_grads(self.conv, table["Kp"], factors, a, "Kp", "bp", sign=1.0)
 
 
 def _conv_group_grads(conv: Convolution, K: Tensor, factors, a, k_key: str, b_key: str, sign: float) -> dict:
@@ -368,12 +429,13 @@ def _conv_group_grads(conv: Convolution, K: Tensor, factors, a, k_key: str, b_ke
     S, CM, GZ, V = factors
     nodes = S.shape[0]
     scale = [float(a) if isinstance(a, float) else float(a[i].reshape(())) for i in range(nodes)]
-    shape = K.shape[1:]
+    shape, dtype = K.shape[1:], K.dtype  # the table's weight: the gradients take its dtype
     dK = torch.stack(
         [
-            (conv.weight_grad(CM[i], S[i], shape) + conv.weight_grad(V[i], GZ[i], shape)) * (sign * scale[i])
+            (conv.weight_grad(CM[i], S[i], shape, dtype) + conv.weight_grad(V[i], GZ[i], shape, dtype))
+            * (sign * scale[i])
             for i in range(nodes)
         ]
     )
-    db = torch.stack([GZ[i].sum((0, 2, 3)) * (sign * scale[i]) for i in range(nodes)])
+    db = torch.stack([GZ[i].sum((0, 2, 3), dtype=dtype) * (sign * scale[i]) for i in range(nodes)])
     return {k_key: dK, b_key: db}
