@@ -242,3 +242,17 @@ def test_bench_models_baselines_compute_the_models_equations(tmp_path, capsys):
     for bad in (["--repeats", "0"], ["--threads", "x"], ["--threads", "0"]):
         with pytest.raises(SystemExit):
             bench.main(["--out", str(tmp_path), *bad])
+
+
+def test_bench_make_train_refuses_what_it_cannot_compare(tmp_path, capsys):
+    """The make-train A/B needs a hamode checkout as its baseline and configs both sides have (its runs take
+    minutes, so they are exercised by hand; here: the refusals, before anything runs)."""
+    bench = load("bench_make_train")
+    for bad, match in (
+        (["--baseline", str(tmp_path)], "not a checkout of hamode"),
+        (["--baseline", str(SCRIPTS.parent), "--configs", "configs/nope.yaml"], "no such config in this checkout"),
+    ):
+        with pytest.raises(SystemExit):
+            bench.main(["--out", str(tmp_path / "out"), *bad])
+        assert match in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
