@@ -44,7 +44,7 @@ class Convolution:
     ``<K x, z> = <x, Kᵀ z>`` exactly); ``weight_grad(x, g, shape)`` is ``∂<g, K x>/∂W``.
 
     ``dtype``: the precision the products run in (see [`ConvField`][hamode.fields.ConvField]): with
-    ``"bfloat16"`` the inputs and the weights are rounded to it, the products are accumulated by the backend
+    ``"bfloat16"`` the inputs, the weights and the bias are rounded to it, the products are accumulated by the backend
     (in float32 on oneDNN and cuDNN), rounded to it and returned in the input's dtype (``weight_grad``: in the
     dtype asked for).
     """
@@ -126,9 +126,10 @@ class ConvField(Field):
     structure matrix is ``J ⊗ I_{HW}`` ([`flat_structure()`][hamode.fields.ConvField.flat_structure]).
 
     **Reduced precision** (``conv_dtype="bfloat16"`` or ``"float16"``): the convolutions K and Kᵀ (and, in the
-    backward, their weight gradients) run in that dtype: their inputs and weights are rounded to it, the products
-    accumulated by the backend (in float32 on oneDNN and cuDNN) and the results rounded to it; everything else (b,
-    σ, J or X, the state, its update ``y + h f`` and every gradient) stays in the state's dtype. On CPUs with bf16
+    backward, their weight gradients) run in that dtype: their inputs, weights and the bias b (which the
+    convolution adds) are rounded to it, the products accumulated by the backend (in float32 on oneDNN and cuDNN)
+    and the results rounded to it; everything else (σ, J or X, the state, its update ``y + h f`` and every
+    gradient) stays in the state's dtype. On CPUs with bf16
     matrix units (AMX) and on GPUs a convolution is several times faster so. The price: the layer map is exactly
     symplectic no longer (the field equals J times the gradient of H only up to the reduced precision's rounding,
     measured by `scripts/bench_models.py`), and the fused and reference paths agree to that precision rather
