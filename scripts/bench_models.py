@@ -214,7 +214,7 @@ def symplecticity(device: torch.device) -> list[list]:
         return hamode.HamiltonianNet(field, t_end=0.05 * n_layers, integrator="symplectic_euler").to(device)
 
     rows = []
-    y0 = torch.randn(1, 4, 5, 5, device=device, generator=torch.Generator().manual_seed(1))
+    y0 = torch.randn(1, 4, 5, 5, generator=torch.Generator().manual_seed(1)).to(device)  # a CPU generator, any device
     energy = net(1000, "state").double()  # H measured exactly (float64, convolutions in float64)
     for conv_dtype in ("state", "bfloat16"):
         one = net(1, conv_dtype)
