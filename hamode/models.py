@@ -35,6 +35,7 @@ __all__ = [
     "StagedCNN",
     "Toy2DClassifier",
     "build_net",
+    "channels_last",
     "hamiltonian_inputs",
     "hamiltonian_nets",
     "net_arguments",
@@ -402,6 +403,21 @@ def _check_stages(channels: Sequence[int], layers: Sequence[int]) -> tuple[list[
     return channels, layers
 
 
+def channels_last(images: Tensor) -> Tensor:
+    """``images`` ``(B, C, H, W)`` in the ``channels_last`` memory format, with strides that say so.
+
+    With one channel an NCHW-contiguous batch counts as ``channels_last`` already (its channel stride is never
+    used), so ``contiguous(memory_format=torch.channels_last)`` returns it unchanged; but the convolution picks its
+    output's layout from the strides, reads NCHW, and the whole stem after it (batch norm, activation and their
+    backward, each mixing layouts with the stage's ``channels_last`` state) takes the slow path. A one-channel batch
+    is therefore restrided as a view.
+    """
+    if images.shape[1] == 1 and images.is_contiguous():
+        b, _, h, w = images.shape
+        return images.reshape(b, h, w, 1).permute(0, 3, 1, 2)
+    return images.contiguous(memory_format=torch.channels_last)
+
+
 class StagedCNN(RecordsInitArgs, nn.Module):
     """The frame of the image models: stem, stages at decreasing resolution, transitions, pooling, head.
 
@@ -468,7 +484,7 @@ class StagedCNN(RecordsInitArgs, nn.Module):
 
     def features(self, images: Tensor) -> Tensor:
         """The last stage's output ``(B, channels[-1], H', W')``."""
-        y = self.stem(images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images)
+        y = self.stem(channels_last(images) if images.dim() == 4 else images)
         for i, stage in enumerate(self.stages):
             if i:
                 y = self.transitions[i - 1](y)

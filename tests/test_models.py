@@ -23,6 +23,7 @@ from hamode.models import (
     HamiltonianCNN,
     ResidualCNN,
     Toy2DClassifier,
+    channels_last,
     hamiltonian_inputs,
     hamiltonian_nets,
 )
@@ -311,7 +312,7 @@ def test_hamiltonian_inputs_are_the_states_each_stage_receives():
     x = torch.randn(2, 1, 8, 8)
     found = hamiltonian_inputs(cnn, x)
     assert [net for net, _ in found] == list(cnn.stages)
-    y0 = cnn.stem(x)
+    y0 = cnn.stem(channels_last(x))  # the layout the model runs its stem in (its rounding differs from NCHW's)
     assert torch.equal(found[0][1], y0)
     assert torch.equal(found[1][1], cnn.transitions[0](cnn.stages[0](y0)))
 
@@ -445,3 +446,22 @@ def test_the_net_argument_schema_refuses_what_it_does_not_hold():
         takes_net_arguments(depth=3)
     net = build_net(4, NetArguments(architecture="H2", n_layers=3, h=0.5))
     assert net.n_layers == 3 and net.integrator_name == "symplectic_euler"
+
+
+def test_one_channel_images_run_the_stem_channels_last():
+    # a one-channel NCHW batch "is" channels_last already (its channel stride is never used), so
+    # contiguous(memory_format=channels_last) leaves its strides, and the convolution, which reads them, answers NCHW
+    x = torch.randn(4, 1, 8, 8)
+    assert x.contiguous(memory_format=torch.channels_last).stride() == (64, 64, 8, 1)
+    view = channels_last(x)
+    assert view.stride() == (64, 1, 8, 1) and view.data_ptr() == x.data_ptr() and torch.equal(view, x)
+    cnn = HamiltonianCNN(channels=(4, 6), layers=(1, 1))
+    assert cnn.stem(x).stride()[1] != 1  # NCHW
+    seen = []
+    cnn.stem.register_forward_hook(lambda module, args, out: seen.append(out.stride()))
+    cnn(x)
+    assert seen == [(256, 1, 32, 4)]  # (B, 4, 8, 8) channels_last
+    rgb = torch.randn(2, 3, 5, 5)
+    assert channels_last(rgb).stride() == (75, 1, 15, 3) and torch.equal(channels_last(rgb), rgb)
+    sliced = torch.randn(2, 1, 8, 16)[..., ::2]  # not contiguous: copied
+    assert channels_last(sliced).stride() == (64, 1, 8, 1) and torch.equal(channels_last(sliced), sliced)

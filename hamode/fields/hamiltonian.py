@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..activations import Activation
 from ..architectures import register_architecture
 from ..validation import check_int
-from .base import Field, InitMode, WeightsMode, mm_out, wdot, wsum
+from .base import Field, InitMode, WeightsMode, add_bias_, mm_out, wdot, wsum
 from .structure import fixed_structure, j2
 
 __all__ = ["H1Field"]
@@ -90,11 +90,11 @@ class H1Field(Field):
         return {"K": K, "Kt": K.mT, "b": table["b"], "J": J, "KJ": KJ, "KJt": KJ.mT}
 
     def fused_f(self, w, y, alpha=1.0, base=None):
-        s = self.activation.sigma_(torch.mm(y, w["Kt"]).add_(w["b"]))
+        s = self.activation.sigma_(add_bias_(torch.mm(y, w["Kt"]), w["b"]))
         out = torch.mm(s, w["KJ"])
         if base is None:
             return (out if alpha == 1.0 else out.mul_(alpha)), s
-        return torch.add(base, out, alpha=alpha), s
+        return torch.add(base, out, alpha=alpha, out=out), s  # over the fresh product (see scaled_)
 
     def fused_f_vjp(self, w, y, s, c, alpha=1.0, base=None):
         gz = self.activation.backprop_through_output(torch.mm(c, w["KJt"]), s)
