@@ -4,6 +4,9 @@
 A user's mistake (a bad value, an unknown name, a refused checkpoint or resume) is printed as one short message and
 the command exits with status 2; a run that fails on its own (a diverged loss, a solve that does not converge) with
 status 1 and its message. ``--debug`` (anywhere on the command line) or ``HAMODE_DEBUG=1`` shows the traceback.
+
+The command keeps freed CPU memory for reuse ([`hamode.memory`][hamode.memory]; ``HAMODE_KEEP_FREED_MEMORY=0`` turns
+that off).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import os
 import signal
 import sys
+
+from hamode.memory import keep_freed_memory, keep_freed_memory_requested
 
 from .errors import explain
 
@@ -28,6 +33,8 @@ def main(args: list[str] | None = None) -> None:
         print(f"hamode {__version__}")
         return
     command = f"hamode {argv[0]}" if argv and not argv[0].startswith("-") else "hamode"
+    if keep_freed_memory_requested():  # the command owns its process (hamode.memory; HAMODE_KEEP_FREED_MEMORY=0: off)
+        keep_freed_memory()
     try:
         _dispatch(argv)
     except (KeyboardInterrupt, SystemExit) as error:

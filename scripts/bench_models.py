@@ -1,6 +1,7 @@
 """Training-step speed of hamode's models against the loops a user would otherwise write, in one process.
 
     python scripts/bench_models.py --out outputs/bench_models [--repeats 7] [--threads 1,2] [--device cpu]
+        [--keep-freed-memory]
 
 One training step = forward, cross-entropy + the smoothness regulariser, backward, optimizer step. Every
 baseline is written here, runs on the same weights (copied from the hamode model) and is checked to give the
@@ -21,6 +22,9 @@ to the model's reference variant. Models:
 (c) ``deep2d_h1`` / ``deep2d_h2``: the 2-D classifier at depth 1024 (n = 4, batch 125; H1_J1 with forward Euler,
     H2 with symplectic Euler): hamode (backprop and reversible where the rule is reversible) against a plain
     autograd loop.
+
+``--keep-freed-memory`` runs everything with glibc keeping freed memory for reuse (`hamode.memory`, what the
+``hamode`` command sets); without it the allocator is the C library's default, as in a user's own script.
 
 What reduced precision costs in structure is measured too (``symplecticity.md``): for a ConvH2 layer (float32
 state) with the convolutions in the state's dtype and in bfloat16, the one-step Jacobian's symplecticity defect
@@ -46,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, out_dir, start, write_csv, write_text
 
 import hamode
+from hamode.memory import keep_freed_memory
 from hamode.models import MNISTHDNN, HamiltonianCNN, ResidualCNN, Toy2DClassifier
 
 ALPHA = 1e-4  # the smoothness regulariser's weight (the CNN config's)
@@ -344,6 +349,12 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated (default 1,2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--only", default="", help="run only the models whose name contains this text")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="first apply hamode.memory.keep_freed_memory(), as the hamode command does (process-wide: every "
+        "variant runs under it); default: the C library's defaults, as a user's script gets them",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
@@ -357,6 +368,9 @@ def main(argv=None) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
     start(None if argv is None else ["scripts/bench_models.py", *argv])
+    if args.keep_freed_memory and not keep_freed_memory():
+        parser.error("--keep-freed-memory: this C library is not glibc")
+    allocator = "freed memory kept (hamode.memory)" if args.keep_freed_memory else "the C library's default allocator"
     out = out_dir(args.out)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows, sections = [], []
@@ -379,7 +393,7 @@ def main(argv=None) -> None:
             table = markdown_table(["variant", "ms per training step", f"x {ref}"], table_rows)
             sections.append(f"### {name}: {desc} ({label})\n\n{_agreement(worst, variants)}\n\n{table}\n")
             print(sections[-1], flush=True)
-    machine = f"{torch.__version__}, device {args.device}, median of {args.repeats} interleaved repetitions"
+    machine = f"{torch.__version__}, device {args.device}, {allocator}, median of {args.repeats} interleaved runs"
     write_csv(out / "bench_models.csv", ["model", "threads", "variant", "ms", "ratio"], rows)
     write_text(out / "bench_models.md", f"Training step, {machine}\n\n" + "\n".join(sections))
     sym = symplecticity(device)
