@@ -50,7 +50,9 @@ def _faults(mode: str) -> int:
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
     default, kept = _faults("default"), _faults("keep")
     assert default > 20 * 613  # glibc's initial thresholds fault every fresh tensor in (36 000 measured)
-    assert kept < default / 10  # kept: the memory comes back without faults (630 measured)
+    # kept: after the first round the memory comes back without faults (630 measured); glibc's adaptive default
+    # reuses some of it too, depending on the order of allocations (2 500 to 36 000 measured)
+    assert kept < 3 * 613
 
 
 @pytest.mark.skipif(not GLIBC, reason="the setting is glibc's")
