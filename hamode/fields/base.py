@@ -307,7 +307,8 @@ def scaled_(out: Tensor, alpha: float, base: Tensor | None) -> Tensor:
 
 def affine_act(act, x: Tensor, Wt: Tensor, b: Tensor) -> Tensor:
     """``σ(x Wt + b)`` with the bias and σ applied in place on the product (fused engine)."""
-    return act.sigma_(add_bias_(torch.mm(x, Wt), b))
+    z = torch.mm(x, Wt)
+    return act.sigma_(z.add_(b) if z.numel() < BIAS_TILE_FROM else add_bias_(z, b))  # small: no call (deep nets)
 
 
 BIAS_TILE_FROM = 1 << 16
