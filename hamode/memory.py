@@ -6,7 +6,7 @@ the top of the heap goes back to it; the next tensor of that size then pays a pa
 4 kB page. A training step frees and re-allocates the same sizes again and again, so on machines where faults are
 expensive (virtual machines) much of an elementwise op's time is the fault, not the work: on the 2-core VM this was
 measured on, ``base + h out`` over a fresh (78 400, 8) float32 tensor took 1.8 ms, over a reused one 0.45 ms, and
-one training step of the default ``HamiltonianCNN`` 10-15 % less time with the setting (see the Speed page).
+one training step of the default ``HamiltonianCNN`` 6-12 % less time with the setting (see the Speed page).
 
 [`keep_freed_memory`][hamode.memory.keep_freed_memory] raises glibc's two thresholds, so that such blocks come from
 the heap and freed ones stay there for the next. It is process-wide, so the library never calls it on import; the
