@@ -223,3 +223,41 @@ def test_weights_follow_updates_dtype_and_repeated_passes(kind):
     out32 = net(y0.float())
     net.fast = False
     assert torch.allclose(out32, net(y0.float()), atol=1e-5)
+
+
+LARGE_ROWS = 32_800  # (32 800, 8): products of 98 400 elements and more, past the engine's in-place thresholds
+
+
+@pytest.mark.parametrize("kind", FIELDS)
+def test_fused_matches_reference_on_large_states(kind):
+    # from 65 536 elements the update and the activation's backward are written over the fresh product and a bias of
+    # few columns is added through a wide view with the bias tiled: the same numbers as the reference path
+    field = make(kind, 2)
+    name = field.default_integrator
+    y0 = torch.randn(LARGE_ROWS, 8, dtype=F64)
+    out_r, g_r = _run(field, name, y0, fast=False, substeps=1)
+    out_f, g_f = _run(field, name, y0, fast=True, substeps=1)
+    assert ((out_r - out_f).abs().max() / out_r.abs().max()).item() <= 1e-12
+    _assert_close(g_r, g_f, 1e-10)
+
+
+@pytest.mark.parametrize("activation", hamode.list_activations())
+@pytest.mark.parametrize("kind", ["H1_J1", "H2"])
+def test_every_activation_backward_in_place_on_large_states(kind, activation):
+    torch.manual_seed(0)
+    field = hamode.make_field(kind, dim=8, n_layers=2, activation=activation, dtype=F64)
+    y0 = torch.randn(LARGE_ROWS, 8, dtype=F64)
+    out_r, g_r = _run(field, field.default_integrator, y0, fast=False, substeps=1)
+    out_f, g_f = _run(field, field.default_integrator, y0, fast=True, substeps=1)
+    assert ((out_r - out_f).abs().max() / out_r.abs().max()).item() <= 1e-12
+    _assert_close(g_r, g_f, 1e-10)
+
+
+@pytest.mark.parametrize("rows,n", [(78_400, 8), (78_400, 4), (78_401, 8), (100, 8), (131_074, 3), (70_000, 40)])
+def test_add_bias_equals_the_broadcast_add(rows, n):
+    from hamode.fields.base import add_bias_
+
+    z, b = torch.randn(rows, n, dtype=F64), torch.randn(n, dtype=F64)
+    expected = z + b
+    out = add_bias_(z, b)
+    assert out is z and torch.equal(out, expected)  # in place, and the same additions: bit-equal
