@@ -412,6 +412,8 @@ def channels_last(images: Tensor) -> Tensor:
     backward, each mixing layouts with the stage's ``channels_last`` state) takes the slow path. A one-channel batch
     is therefore restrided as a view.
     """
+    if images.dim() != 4:
+        raise ValueError(f"channels_last: images must be (B, C, H, W), got shape {tuple(images.shape)}")
     if images.shape[1] == 1 and images.is_contiguous():
         b, _, h, w = images.shape
         return images.reshape(b, h, w, 1).permute(0, 3, 1, 2)

@@ -465,3 +465,5 @@ def test_one_channel_images_run_the_stem_channels_last():
     assert channels_last(rgb).stride() == (75, 1, 15, 3) and torch.equal(channels_last(rgb), rgb)
     sliced = torch.randn(2, 1, 8, 16)[..., ::2]  # not contiguous: copied
     assert channels_last(sliced).stride() == (64, 1, 8, 1) and torch.equal(channels_last(sliced), sliced)
+    with pytest.raises(ValueError, match=r"channels_last: images must be \(B, C, H, W\), got shape \(1, 28, 28\)"):
+        channels_last(torch.randn(1, 28, 28))

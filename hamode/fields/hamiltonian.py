@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..activations import Activation
 from ..architectures import register_architecture
 from ..validation import check_int
-from .base import BIAS_TILE_FROM, Field, InitMode, WeightsMode, add_bias_, mm_out, wdot, wsum
+from .base import Field, InitMode, WeightsMode, affine_act, mm_out, wdot, wsum
 from .structure import fixed_structure, j2
 
 __all__ = ["H1Field"]
@@ -90,12 +90,8 @@ class H1Field(Field):
         return {"K": K, "Kt": K.mT, "b": table["b"], "J": J, "KJ": KJ, "KJt": KJ.mT}
 
     def fused_f(self, w, y, alpha=1.0, base=None):
-        z, b = torch.mm(y, w["Kt"]), w["b"]
-        s = self.activation.sigma_(z.add_(b) if z.numel() < BIAS_TILE_FROM else add_bias_(z, b))
-        out = torch.mm(s, w["KJ"])
-        if base is None:
-            return (out if alpha == 1.0 else out.mul_(alpha)), s
-        return torch.add(base, out, alpha=alpha, out=out), s  # over the fresh product (see scaled_)
+        s = affine_act(self.activation, y, w["Kt"], w["b"])
+        return mm_out(s, w["KJ"], alpha, base), s
 
     def fused_f_vjp(self, w, y, s, c, alpha=1.0, base=None):
         gz = self.activation.backprop_through_output(torch.mm(c, w["KJt"]), s)
