@@ -62,6 +62,9 @@ class Activation:
     """``g ⊙ σ'(z)`` computed from ``s = σ(z)`` (no need to keep z); may overwrite g. Fused engine only."""
     sigma_: Callable[[Tensor], Tensor]
     """σ in place (fused engine only)."""
+    native_code: int | None = None
+    """How the native VJP ([`hamode.native.rowvjp_sums`][hamode.native.rowvjp_sums]) takes σ' from σ's output
+    (0 tanh, 1 sigmoid, 2 relu); ``None``: it does not know this σ, and its VJPs stay with torch."""
 
 
 # The backward of σ from its output as one pass (the kernels autograd itself runs for torch.tanh / sigmoid / relu):
@@ -87,11 +90,13 @@ def _sigmoid_backprop(g: Tensor, s: Tensor) -> Tensor:  # g s (1 - s)
 
 
 _ACTIVATIONS = {
-    "tanh": Activation("tanh", torch.tanh, _log_cosh, _tanh_prime, 1.0, _tanh_backprop, torch.tanh_),
+    "tanh": Activation("tanh", torch.tanh, _log_cosh, _tanh_prime, 1.0, _tanh_backprop, torch.tanh_, 0),
     "relu": Activation(
-        "relu", torch.relu, _half_relu_sq, lambda x: (x > 0).to(x.dtype), 1.0, _relu_backprop, torch.relu_
+        "relu", torch.relu, _half_relu_sq, lambda x: (x > 0).to(x.dtype), 1.0, _relu_backprop, torch.relu_, 2
     ),
-    "sigmoid": Activation("sigmoid", torch.sigmoid, _softplus, _sigmoid_prime, 0.25, _sigmoid_backprop, torch.sigmoid_),
+    "sigmoid": Activation(
+        "sigmoid", torch.sigmoid, _softplus, _sigmoid_prime, 0.25, _sigmoid_backprop, torch.sigmoid_, 1
+    ),
 }
 
 

@@ -228,10 +228,19 @@ def test_weights_follow_updates_dtype_and_repeated_passes(kind):
 LARGE_ROWS = 32_800  # (32 800, 8): products of 98 400 elements and more, past the engine's in-place thresholds
 
 
+@pytest.fixture(params=["native", "torch"])
+def kernels(request, monkeypatch):
+    """Wide states run on hamode.native's kernels where a C compiler exists; "torch" turns them off, for the torch
+    path's in-place update, activation backward and tiled bias."""
+    monkeypatch.setenv("HAMODE_NATIVE", "1" if request.param == "native" else "0")
+    return request.param
+
+
 @pytest.mark.parametrize("kind", FIELDS)
-def test_fused_matches_reference_on_large_states(kind):
+def test_fused_matches_reference_on_large_states(kind, kernels):
     # from 65 536 elements the update and the activation's backward are written over the fresh product and a bias of
-    # few columns is added through a wide view with the bias tiled: the same numbers as the reference path
+    # few columns is added through a wide view with the bias tiled (or all of it in the native kernels): the same
+    # numbers as the reference path
     field = make(kind, 2)
     name = field.default_integrator
     y0 = torch.randn(LARGE_ROWS, 8, dtype=F64)
@@ -243,7 +252,7 @@ def test_fused_matches_reference_on_large_states(kind):
 
 @pytest.mark.parametrize("activation", hamode.list_activations())
 @pytest.mark.parametrize("kind", ["H1_J1", "H2"])
-def test_every_activation_backward_in_place_on_large_states(kind, activation):
+def test_every_activation_backward_in_place_on_large_states(kind, activation, kernels):
     torch.manual_seed(0)
     field = hamode.make_field(kind, dim=8, n_layers=2, activation=activation, dtype=F64)
     y0 = torch.randn(LARGE_ROWS, 8, dtype=F64)

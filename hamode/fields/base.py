@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..activations import Activation, get_activation
 from ..grid import LayerGrid
+from ..native import MAX_SIZE, NATIVE_FROM, rowgram, rowmm, rowvjp_sums
 from ..validation import check_int
 
 __all__ = [
@@ -283,8 +284,13 @@ def mm_out(a: Tensor, B: Tensor, alpha: float, base: Tensor | None) -> Tensor:
     """``base + alpha (a @ B)`` (``alpha (a @ B)`` without a base), written over the product; ``base`` has its shape.
 
     ``mm`` then ``add``: for the small matrices of an H-DNN layer this is faster than ``addmm``,
-    which copies ``base`` into its output before the product.
+    which copies ``base`` into its output before the product. Wide states (per-pixel nets) take one native pass
+    ([`hamode.native.rowmm`][hamode.native.rowmm]) where a kernel applies.
     """
+    if a.shape[0] >= NATIVE_ROWS_FROM:  # wide states: one native pass (None where no kernel applies)
+        out = rowmm(a, B, alpha, base)
+        if out is not None:
+            return out
     out = torch.mm(a, B)  # scaled_ written out: this sits in the dense fields' innermost loop
     if base is None:
         return out if alpha == 1.0 else out.mul_(alpha)
@@ -305,11 +311,62 @@ def scaled_(out: Tensor, alpha: float, base: Tensor | None) -> Tensor:
     return torch.add(base, out, alpha=alpha)
 
 
+def layer_eval(
+    act: Activation, x: Tensor, W1: Tensor, b: Tensor, W2: Tensor, alpha: float, base: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``(base + alpha s @ W2, s)`` with ``s = σ(x @ W1 + b)``: an evaluation ``σ(x A + b) B`` of the fused
+    engine and its context (the VJP's ``s``).
+
+    Two passes with σ between them by torch: a single native pass that also computes σ (measured with a tanh of
+    its own, within 2 ulp of torch's) was slower on the per-pixel net, the transcendental costing more than the
+    memory traffic it saved."""
+    s = affine_act(act, x, W1, b)
+    return mm_out(s, W2, alpha, base), s
+
+
+def vjp_factors(
+    act: Activation, c: Tensor, W1: Tensor, s: Tensor, W2: Tensor, x: Tensor, alpha: float, base: Tensor | None
+) -> tuple[Tensor, Factors]:
+    """``(base + alpha gz @ W2, factors)`` with ``gz = (c @ W1) ⊙ σ'`` from σ's output ``s``: the VJP of an
+    evaluation ``σ(x A + b) B`` at ``x`` (``W1 = Bᵀ``, ``W2 = Aᵀ``) and its parameter factors ``(s, c, gz, x)``.
+
+    Wide states with a σ the native kernels know take one native pass
+    ([`hamode.native.rowvjp_sums`][hamode.native.rowvjp_sums]) that sums the factors over the rows instead of
+    keeping them: the factors are then ``(sᵀ c, gzᵀ x, Σ gz)``. [`layer_sums()`][hamode.fields.base.layer_sums]
+    takes either form.
+    """
+    if c.shape[0] >= NATIVE_ROWS_FROM and act.native_code is not None:
+        done = rowvjp_sums(c, W1, s, act.native_code, W2, x, alpha, base)
+        if done is not None:
+            out, sc, gx, gs = done
+            return out, (sc, gx, gs)
+    gz = act.backprop_through_output(mm_out(c, W1, 1.0, None), s)
+    return mm_out(gz, W2, alpha, base), (s, c, gz, x)
+
+
+def layer_sums(factors: Factors, a) -> tuple[Tensor, Tensor, Tensor]:
+    """``(a sᵀ c, a gzᵀ x, a Σ gz)`` per node from [`vjp_factors()`][hamode.fields.base.vjp_factors]' factors
+    stacked over nodes, in either form (kept rows, or already summed over them)."""
+    if len(factors) == 3:
+        sc, gx, gs = factors
+        return sc * a, gx * a, gs * (a if isinstance(a, float) else a[:, :, 0])
+    S, C, GZ, X = factors
+    return wdot(S, C, a), wdot(GZ, X, a), wsum(GZ, a)
+
+
 def affine_act(act, x: Tensor, Wt: Tensor, b: Tensor) -> Tensor:
     """``σ(x Wt + b)`` with the bias and σ applied in place on the product (fused engine)."""
+    if x.shape[0] >= NATIVE_ROWS_FROM:
+        z = rowmm(x, Wt, bias=b)
+        if z is not None:
+            return act.sigma_(z)
     z = torch.mm(x, Wt)
     return act.sigma_(z.add_(b) if z.numel() < BIAS_TILE_FROM else add_bias_(z, b))  # small: no call (deep nets)
 
+
+NATIVE_ROWS_FROM = NATIVE_FROM // MAX_SIZE
+"""Products of fewer rows never reach ``hamode.native.NATIVE_FROM`` elements: the dense fields' helpers check this
+inline and leave small states (the deep nets) to torch without a call."""
 
 BIAS_TILE_FROM = 1 << 16
 """From this many elements ``add_bias_`` adds a bias of few columns through a wide view."""
@@ -337,7 +394,12 @@ def add_bias_(z: Tensor, b: Tensor) -> Tensor:
 
 def wdot(A: Tensor, B: Tensor, a) -> Tensor:
     """``a * Aᵀ B`` per node (``(nodes, rows, m)``, ``(nodes, rows, n)`` -> ``(nodes, m, n)``); the scale is
-    applied to the small result, never to the factors."""
+    applied to the small result, never to the factors. One node of many rows (a wide state's layer) takes one
+    native pass ([`hamode.native.rowgram`][hamode.native.rowgram]) where a kernel applies."""
+    if A.shape[0] == 1 and A.shape[1] >= NATIVE_ROWS_FROM:
+        out = rowgram(A[0], B[0])
+        if out is not None:
+            return out.unsqueeze_(0).mul_(a)
     return torch.bmm(A.mT, B).mul_(a)
 
 
@@ -475,7 +537,9 @@ def _need_grid(field: Field, grid: LayerGrid | None, what: str) -> LayerGrid:
 
 Factors = tuple[Tensor, ...]
 """One evaluation's parameter factors, as a VJP returns them: the tensors (``(rows, ·)`` each) from which the
-parameter gradients of that evaluation are formed; the engine stacks them over nodes as ``(nodes, rows, ·)``."""
+parameter gradients of that evaluation are formed, or sums of them over the rows (a native VJP's, see
+[`vjp_factors()`][hamode.fields.base.vjp_factors]); the engine stacks them over nodes as ``(nodes, ...)``, and
+the field's ``fused_group_grads`` reads the form it wrote."""
 FusedWeights = dict[str, Tensor]
 """Per-node tensors of [`FusedField.fused_weights()`][hamode.fields.FusedField.fused_weights] (keys in
 ``fused_shared_keys`` are shared by all nodes);

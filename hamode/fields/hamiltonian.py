@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..activations import Activation
 from ..architectures import register_architecture
 from ..validation import check_int
-from .base import Field, InitMode, WeightsMode, affine_act, mm_out, wdot, wsum
+from .base import Field, InitMode, WeightsMode, layer_eval, layer_sums, vjp_factors
 from .structure import fixed_structure, j2
 
 __all__ = ["H1Field"]
@@ -90,17 +90,14 @@ class H1Field(Field):
         return {"K": K, "Kt": K.mT, "b": table["b"], "J": J, "KJ": KJ, "KJt": KJ.mT}
 
     def fused_f(self, w, y, alpha=1.0, base=None):
-        s = affine_act(self.activation, y, w["Kt"], w["b"])
-        return mm_out(s, w["KJ"], alpha, base), s
+        return layer_eval(self.activation, y, w["Kt"], w["b"], w["KJ"], alpha, base)
 
     def fused_f_vjp(self, w, y, s, c, alpha=1.0, base=None):
-        gz = self.activation.backprop_through_output(torch.mm(c, w["KJt"]), s)
-        return mm_out(gz, w["K"], alpha, base), (s, c, gz, y)
+        return vjp_factors(self.activation, c, w["KJt"], s, w["K"], y, alpha, base)
 
     def fused_group_grads(self, name, fw, table, factors, a):
-        S, C, GZ, Y = factors
-        dKJ = wdot(S, C, a)  # ∂L/∂(K Jᵀ)
-        grads = {"K": wdot(GZ, Y, a).add_(torch.matmul(dKJ, fw["J"])), "b": wsum(GZ, a)}
+        dKJ, dK, db = layer_sums(factors, a)  # dKJ = ∂L/∂(K Jᵀ)
+        grads = {"K": dK.add_(torch.matmul(dKJ, fw["J"])), "b": db}
         if table["J"].requires_grad:
             grads["J"] = torch.matmul(dKJ.mT, fw["K"]).sum(0)
         return grads

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..activations import Activation
 from ..architectures import register_architecture
 from ..validation import check_int
-from .base import Field, InitMode, SeparableMixin, WeightsMode, affine_act, mm_out, wdot, wsum
+from .base import Field, InitMode, SeparableMixin, WeightsMode, layer_eval, layer_sums, vjp_factors
 
 __all__ = ["MS3Field", "SeparableField", "SparseSeparableField"]
 
@@ -133,12 +133,10 @@ class SeparableField(SeparableMixin, Field):
         }
 
     def _half_eval(self, Kt, b, KX, x, alpha, base):
-        s = affine_act(self.activation, x, Kt, b)
-        return mm_out(s, KX, alpha, base), s
+        return layer_eval(self.activation, x, Kt, b, KX, alpha, base)
 
     def _half_vjp(self, K, KXt, x, s, c, alpha, base):
-        gz = self.activation.backprop_through_output(torch.mm(c, KXt), s)
-        return mm_out(gz, K, alpha, base), (s, c, gz, x)
+        return vjp_factors(self.activation, c, KXt, s, K, x, alpha, base)
 
     def fused_dp(self, w, q, alpha=1.0, base=None):
         return self._half_eval(w["Kqt"], w["bq"], w["KqX"], q, alpha, base)
@@ -153,15 +151,14 @@ class SeparableField(SeparableMixin, Field):
         return self._half_vjp(w["Kp"], w["KpXt"], p, s, c, alpha, base)
 
     def fused_group_grads(self, name, fw, table, factors, a):
-        S, C, GZ, V = factors
         X = fw["X"]
-        dKX = wdot(S, C, a)
+        dKX, dK, db = layer_sums(factors, a)
         if name == "dp":  # K_q X' = -K_q X
-            grads = {"Kq": wdot(GZ, V, a).sub_(torch.matmul(dKX, X.mT)), "bq": wsum(GZ, a)}
+            grads = {"Kq": dK.sub_(torch.matmul(dKX, X.mT)), "bq": db}
             if table["X"].requires_grad:
                 grads["X"] = -torch.matmul(fw["Kq"].mT, dKX).sum(0)
         else:  # K_p X' = K_p Xᵀ
-            grads = {"Kp": wdot(GZ, V, a).add_(torch.matmul(dKX, X)), "bp": wsum(GZ, a)}
+            grads = {"Kp": dK.add_(torch.matmul(dKX, X)), "bp": db}
             if table["X"].requires_grad:
                 grads["X"] = torch.matmul(dKX.mT, fw["Kp"]).sum(0)
         return grads
