@@ -332,7 +332,7 @@ def vjp_factors(
 
     Wide states with a σ the native kernels know take one native pass
     ([`hamode.native.rowvjp_sums`][hamode.native.rowvjp_sums]) that sums the factors over the rows instead of
-    keeping them: the factors are then ``(sᵀ c, gzᵀ x, Σ gz)``. [`layer_sums()`][hamode.fields.base.layer_sums]
+    keeping them: the factors are then ``(sᵀ c, gzᵀ x, Σ gz)``. ``layer_sums()``
     takes either form.
     """
     if c.shape[0] >= NATIVE_ROWS_FROM and act.native_code is not None:
@@ -345,7 +345,7 @@ def vjp_factors(
 
 
 def layer_sums(factors: Factors, a) -> tuple[Tensor, Tensor, Tensor]:
-    """``(a sᵀ c, a gzᵀ x, a Σ gz)`` per node from [`vjp_factors()`][hamode.fields.base.vjp_factors]' factors
+    """``(a sᵀ c, a gzᵀ x, a Σ gz)`` per node from ``vjp_factors()``' factors
     stacked over nodes, in either form (kept rows, or already summed over them)."""
     if len(factors) == 3:
         sc, gx, gs = factors
@@ -538,7 +538,7 @@ def _need_grid(field: Field, grid: LayerGrid | None, what: str) -> LayerGrid:
 Factors = tuple[Tensor, ...]
 """One evaluation's parameter factors, as a VJP returns them: the tensors (``(rows, ·)`` each) from which the
 parameter gradients of that evaluation are formed, or sums of them over the rows (a native VJP's, see
-[`vjp_factors()`][hamode.fields.base.vjp_factors]); the engine stacks them over nodes as ``(nodes, ...)``, and
+``vjp_factors()``); the engine stacks them over nodes as ``(nodes, ...)``, and
 the field's ``fused_group_grads`` reads the form it wrote."""
 FusedWeights = dict[str, Tensor]
 """Per-node tensors of [`FusedField.fused_weights()`][hamode.fields.FusedField.fused_weights] (keys in
