@@ -467,3 +467,18 @@ def test_one_channel_images_run_the_stem_channels_last():
     assert channels_last(sliced).stride() == (64, 1, 8, 1) and torch.equal(channels_last(sliced), sliced)
     with pytest.raises(ValueError, match=r"channels_last: images must be \(B, C, H, W\), got shape \(1, 28, 28\)"):
         channels_last(torch.randn(1, 28, 28))
+
+
+def test_the_per_pixel_state_is_the_convolutions_own_output():
+    # the stem runs channels_last, so the (B, 28, 28, C) state is the convolution's output itself: no copy in the
+    # forward, none of its gradient in the backward; the numbers are the NCHW convolution's to rounding
+    torch.manual_seed(0)
+    model = MNISTHDNN(channels=6, n_layers=2)
+    x = torch.randn(3, 1, 28, 28)
+    seen = []
+    model.conv.register_forward_hook(lambda module, args, out: seen.append(out))
+    y0 = model.embed(x)
+    assert y0.shape == (3, 28, 28, 6) and y0.is_contiguous()
+    assert y0.data_ptr() == seen[0].data_ptr()  # the same memory: .contiguous() had nothing to copy
+    nchw = torch.nn.functional.conv2d(x, model.conv.weight, model.conv.bias, padding=1).permute(0, 2, 3, 1)
+    assert torch.allclose(y0, nchw, atol=1e-6, rtol=1e-6)
