@@ -162,7 +162,8 @@ def test_a_built_kernel_is_reused_by_the_next_process(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("kind,rule", [("H1_J1", "euler"), ("H2", "symplectic_euler"), ("H2", "leapfrog")])
 @pytest.mark.parametrize("activation", list_activations())
-def test_the_fused_engine_runs_wide_states_on_the_kernels(monkeypatch, kind, rule, activation):
+@pytest.mark.parametrize("weights", ["piecewise", "constant"])
+def test_the_fused_engine_runs_wide_states_on_the_kernels(monkeypatch, kind, rule, activation, weights):
     import hamode.fields.base as base
 
     calls = {"rowmm": 0, "rowvjp_sums": 0}
@@ -176,7 +177,7 @@ def test_the_fused_engine_runs_wide_states_on_the_kernels(monkeypatch, kind, rul
 
         monkeypatch.setattr(base, name, counted)
     torch.manual_seed(0)
-    field = hamode.make_field(kind, dim=8, n_layers=3, activation=activation, dtype=F64)
+    field = hamode.make_field(kind, dim=8, n_layers=3, activation=activation, weights=weights, dtype=F64)
     y0 = torch.randn(2 * ROWS, 8, dtype=F64)
 
     def run(fast: bool):

@@ -247,6 +247,16 @@ def _flush(field, ops: FusedOps, fw, table, acc: dict[str, Tensor], lo: int, hi:
     ops.reset()
 
 
+def _layers_per_flush(out: Tensor, recorded: int) -> int:
+    """How many layers' factors to stack before forming their gradients: one layer at a time where the factors hold
+    the rows of a large state (stacking would only copy them), else as many as fit in FACTOR_BUDGET_BYTES (few
+    per-op overheads for many layers; factors already summed over the rows by a native VJP are this small too)."""
+    rows = out.shape[0]
+    if rows >= LARGE_ROWS and recorded >= rows * out.element_size():
+        return 1
+    return max(1, FACTOR_BUDGET_BYTES // max(1, recorded))
+
+
 def _split(spec: FusedSpec, y: Tensor):
     return spec.field.split(y) if spec.integrator.needs_separable else y
 
@@ -347,8 +357,7 @@ class FusedFlow(torch.autograd.Function):
                         tape = _tape(flat, widths, k, stride)
                     g = step.fused_vjp(ops, j, tape, g, dt)
                 if chunk is None:  # every layer records the same: size the batches once
-                    rows = out.shape[0]
-                    chunk = 1 if rows >= LARGE_ROWS else max(1, FACTOR_BUDGET_BYTES // max(1, ops.recorded_bytes()))
+                    chunk = _layers_per_flush(out, ops.recorded_bytes())
                 if upper - j >= chunk or j == 0:
                     _flush(field, ops, fw, table, acc, j, upper)
                     upper = j
