@@ -16,9 +16,9 @@ that hashes the source, the flags, the compiler and the CPU, so a cached object 
 source or for another processor. Where no compiler works, ``rowmm`` answers ``None`` (the caller computes with
 torch) and warns once per kernel; ``HAMODE_NATIVE=0`` turns the kernels off.
 
-Only the fused engine calls this, on CPU tensors of float32 or float64 outside autograd, with at least
-[`NATIVE_FROM`][hamode.native.NATIVE_FROM] elements in the result; smaller states (the deep 2-D nets) keep
-torch's kernels, whose call overhead is lower.
+The fused engine's dense helpers call these on CPU tensors of float32 or float64 outside autograd whose operand
+has at least [`NATIVE_FROM`][hamode.native.NATIVE_FROM] elements (checked inline, so small states pay no call);
+smaller states (the deep 2-D nets) keep torch's kernels, whose call overhead is lower.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from torch import Tensor
 __all__ = ["MAX_SIZE", "NATIVE_FROM", "cache_dir", "enabled", "kernel", "rowgram", "rowmm", "rowvjp_sums"]
 
 NATIVE_FROM = 1 << 15
-"""From this many elements in the result the fused engine's dense products run on the native kernel."""
+"""From this many elements (in the fused engine's operand, and in the kernel's result) the dense products run on
+the native kernels."""
 MAX_SIZE = 64
 """The largest inner size k and column count c a kernel is built for (larger products stay with torch)."""
 

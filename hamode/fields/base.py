@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..activations import Activation, get_activation
 from ..grid import LayerGrid
-from ..native import MAX_SIZE, NATIVE_FROM, rowgram, rowmm, rowvjp_sums
+from ..native import NATIVE_FROM, rowgram, rowmm, rowvjp_sums
 from ..validation import check_int
 
 __all__ = [
@@ -287,7 +287,7 @@ def mm_out(a: Tensor, B: Tensor, alpha: float, base: Tensor | None) -> Tensor:
     which copies ``base`` into its output before the product. Wide states (per-pixel nets) take one native pass
     ([`hamode.native.rowmm`][hamode.native.rowmm]) where a kernel applies.
     """
-    if a.shape[0] >= NATIVE_ROWS_FROM:  # wide states: one native pass (None where no kernel applies)
+    if a.numel() >= NATIVE_FROM:  # wide states: one native pass (None where no kernel applies)
         out = rowmm(a, B, alpha, base)
         if out is not None:
             return out
@@ -335,7 +335,7 @@ def vjp_factors(
     keeping them: the factors are then ``(sᵀ c, gzᵀ x, Σ gz)``. ``layer_sums()``
     takes either form.
     """
-    if c.shape[0] >= NATIVE_ROWS_FROM and act.native_code is not None:
+    if c.numel() >= NATIVE_FROM and act.native_code is not None:
         done = rowvjp_sums(c, W1, s, act.native_code, W2, x, alpha, base)
         if done is not None:
             out, sc, gx, gs = done
@@ -356,17 +356,13 @@ def layer_sums(factors: Factors, a) -> tuple[Tensor, Tensor, Tensor]:
 
 def affine_act(act, x: Tensor, Wt: Tensor, b: Tensor) -> Tensor:
     """``σ(x Wt + b)`` with the bias and σ applied in place on the product (fused engine)."""
-    if x.shape[0] >= NATIVE_ROWS_FROM:
+    if x.numel() >= NATIVE_FROM:
         z = rowmm(x, Wt, bias=b)
         if z is not None:
             return act.sigma_(z)
     z = torch.mm(x, Wt)
     return act.sigma_(z.add_(b) if z.numel() < BIAS_TILE_FROM else add_bias_(z, b))  # small: no call (deep nets)
 
-
-NATIVE_ROWS_FROM = NATIVE_FROM // MAX_SIZE
-"""Products of fewer rows never reach ``hamode.native.NATIVE_FROM`` elements: the dense fields' helpers check this
-inline and leave small states (the deep nets) to torch without a call."""
 
 BIAS_TILE_FROM = 1 << 16
 """From this many elements ``add_bias_`` adds a bias of few columns through a wide view."""
@@ -396,7 +392,7 @@ def wdot(A: Tensor, B: Tensor, a) -> Tensor:
     """``a * Aᵀ B`` per node (``(nodes, rows, m)``, ``(nodes, rows, n)`` -> ``(nodes, m, n)``); the scale is
     applied to the small result, never to the factors. One node of many rows (a wide state's layer) takes one
     native pass ([`hamode.native.rowgram`][hamode.native.rowgram]) where a kernel applies."""
-    if A.shape[0] == 1 and A.shape[1] >= NATIVE_ROWS_FROM:
+    if A.shape[0] == 1 and A.numel() >= NATIVE_FROM:
         out = rowgram(A[0], B[0])
         if out is not None:
             return out.unsqueeze_(0).mul_(a)
