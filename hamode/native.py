@@ -39,9 +39,9 @@ from torch import Tensor
 
 __all__ = ["MAX_SIZE", "NATIVE_FROM", "cache_dir", "enabled", "kernel", "rowgram", "rowmm", "rowvjp_sums"]
 
-NATIVE_FROM = 1 << 15
+NATIVE_FROM = 1 << 16
 """From this many elements (in the fused engine's operand, and in the kernel's result) the dense products run on
-the native kernels."""
+the native kernels (``python scripts/bench_native.py --rows``: below it torch's ``mm`` + ``add`` was as fast)."""
 MAX_SIZE = 64
 """The largest inner size k and column count c a kernel is built for (larger products stay with torch)."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -256,3 +258,12 @@ def test_bench_make_train_refuses_what_it_cannot_compare(tmp_path, capsys):
             bench.main(["--out", str(tmp_path / "out"), *bad])
         assert match in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler on this machine")
+def test_bench_native_writes_its_table(tmp_path, capsys):
+    load("bench_native").main(["--out", str(tmp_path), "--rows", "9000", "--repeats", "1"])
+    rows = read_csv(tmp_path / "bench_native.csv")[1:]
+    assert len(rows) == 8 and {r[0] for r in rows} == {"base + alpha x W", "VJP + factor sums"}
+    assert all(float(r[6]) <= (1e-5 if r[1] == "float32" else 1e-12) for r in rows)  # checked before timing
+    assert "$ python scripts/bench_native.py" in capsys.readouterr().out
