@@ -5,16 +5,17 @@ few dozen: on a per-pixel state (L4DC's MNIST net: 78 400 rows of 8) each such p
 its scale are separate passes of torch over megabytes, and a GEMM library is not built for an inner size of 8.
 [`rowmm()`][hamode.native.rowmm] does the product, the bias, the scale and the update in one pass (each row of
 ``x`` read once, each row of the result written once, ``W`` held in registers), with the activation left to
-torch between two such passes. On this project's 2-core machine it is ~3x faster than torch's ``mm`` + ``add``
-on a (78 400, 8) state (see the Speed page).
+torch between two such passes; an evaluation's VJP ([`rowvjp_sums()`][hamode.native.rowvjp_sums]) is one pass too,
+with its parameter factors summed over the rows on the way. ``python scripts/bench_native.py`` times them against
+the torch calls they replace (the Speed page has its table).
 
-The kernel is C (``hamode/csrc/rowmm.c``), compiled on first use for each (dtype, k, c) with the system's C
+The kernels are C (``hamode/csrc/rowmm.c``), compiled on first use for each (dtype, k, c) with the system's C
 compiler (``$CC``, default ``cc``; ``-O3 -march=native``, and ``-fopenmp`` when torch runs on libgomp, whose
-already loaded copy it then shares, so its threads are torch's: ``torch.set_num_threads`` applies). The shared
+already loaded copy they then share, so their threads are torch's: ``torch.set_num_threads`` applies). The shared
 objects are kept in a cache folder (``$HAMODE_NATIVE_CACHE``, default ``~/.cache/hamode/native``) under a name
 that hashes the source, the flags, the compiler and the CPU, so a cached object is never one built from another
-source or for another processor. Where no compiler works, ``rowmm`` answers ``None`` (the caller computes with
-torch) and warns once per kernel; ``HAMODE_NATIVE=0`` turns the kernels off.
+source or for another processor. Where no compiler works, the functions answer ``None`` (the caller computes
+with torch) and warn once per kernel; ``HAMODE_NATIVE=0`` turns the kernels off.
 
 The fused engine's dense helpers call these on CPU tensors of float32 or float64 outside autograd whose operand
 has at least [`NATIVE_FROM`][hamode.native.NATIVE_FROM] elements (checked inline, so small states pay no call);
