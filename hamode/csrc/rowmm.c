@@ -28,17 +28,33 @@
 typedef T vec __attribute__((vector_size(CP * sizeof(T))));     /* a row of C, padded */
 typedef T veck __attribute__((vector_size(PAD(K) * sizeof(T)))); /* a row of K, padded */
 
+/* dst[i] = row i of the (rows, cols) matrix M with strides (s0, s1), as a vector of type vt (padding lanes 0) */
+#define LOAD_ROWS(vt, dst, rows, cols, M, s0, s1)                                                                   \
+    for (int i_ = 0; i_ < (rows); ++i_) {                                                                          \
+        vt v_ = {0};                                                                                               \
+        for (int j_ = 0; j_ < (cols); ++j_) v_[j_] = (M)[i_ * (s0) + j_ * (s1)];                                 \
+        (dst)[i_] = v_;                                                                                            \
+    }
+
+/* out_row = base[at..] + alpha acc (alpha acc where base is NULL): the first n lanes of a vector of type vt */
+#define STORE_UPDATE(vt, n, acc, alpha, base, at, out_row)                                                         \
+    do {                                                                                                           \
+        vt res_ = (acc) * (alpha);                                                                                 \
+        if (base) {                                                                                                \
+            vt bv_ = {0};                                                                                          \
+            memcpy(&bv_, (base) + (at), (n) * sizeof(T));                                                         \
+            res_ = bv_ + res_;                                                                                     \
+        }                                                                                                          \
+        memcpy((out_row), &res_, (n) * sizeof(T));                                                                 \
+    } while (0)
+
 void hamode_rowmm(long R, const T *restrict x, long ldx, const T *restrict W, long wk, long wc,
                   const T *restrict bias, long sb, T alpha, const T *restrict base, long ldb,
                   T *restrict out, int threads)
 {
     vec w[K];
     vec b0 = {0};
-    for (int k = 0; k < K; ++k) {
-        vec v = {0};
-        for (int c = 0; c < C; ++c) v[c] = W[k * wk + c * wc];
-        w[k] = v;
-    }
+    LOAD_ROWS(vec, w, K, C, W, wk, wc);
     if (bias)
         for (int c = 0; c < C; ++c) b0[c] = bias[c * sb];
     (void)threads;
@@ -47,13 +63,7 @@ void hamode_rowmm(long R, const T *restrict x, long ldx, const T *restrict W, lo
         const T *xr = x + r * ldx;
         vec acc = b0;
         for (int k = 0; k < K; ++k) acc += xr[k] * w[k];
-        acc *= alpha;
-        if (base) {
-            vec bv = {0};
-            memcpy(&bv, base + r * ldb, C * sizeof(T));
-            acc = bv + acc;
-        }
-        memcpy(out + r * C, &acc, C * sizeof(T));
+        STORE_UPDATE(vec, C, acc, alpha, base, r * ldb, out + r * C);
     }
 }
 
@@ -107,16 +117,8 @@ void hamode_rowvjp_sums(long R, const T *restrict c, long ldc, const T *restrict
 {
     vec w1[K];
     veck w2[C];
-    for (int k = 0; k < K; ++k) {
-        vec v = {0};
-        for (int j = 0; j < C; ++j) v[j] = W1[k * w1k + j * w1c];
-        w1[k] = v;
-    }
-    for (int j = 0; j < C; ++j) {
-        veck v = {0};
-        for (int k = 0; k < K; ++k) v[k] = W2[j * w2c + k * w2k];
-        w2[j] = v;
-    }
+    LOAD_ROWS(vec, w1, K, C, W1, w1k, w1c);
+    LOAD_ROWS(veck, w2, C, K, W2, w2c, w2k);
     if (threads < 1) threads = 1;
     const long stride = 2L * C * K + C;
 #pragma omp parallel for schedule(static, 1) num_threads(threads) if (threads > 1)
@@ -147,13 +149,7 @@ void hamode_rowvjp_sums(long R, const T *restrict c, long ldc, const T *restrict
                 const T *gr = (const T *)&gbuf[i]; /* lanes broadcast from memory: load ports, not shuffles */
                 veck acc = {0};
                 for (int j = 0; j < C; ++j) acc += gr[j] * w2[j];
-                acc *= alpha;
-                if (base) {
-                    veck bv = {0};
-                    memcpy(&bv, base + r * ldb, K * sizeof(T));
-                    acc = bv + acc;
-                }
-                memcpy(out + r * K, &acc, K * sizeof(T));
+                STORE_UPDATE(veck, K, acc, alpha, base, r * ldb, out + r * K);
             }
             veck acc[C];
             for (int j = 0; j < C; ++j) acc[j] = (veck){0};
