@@ -133,7 +133,7 @@ def rowvjp_sums(
     For an evaluation ``σ(y A + b) B``: ``W1 = Bᵀ`` (k, m), ``W2 = Aᵀ`` (m, k), ``c``, ``y`` and ``base`` (rows, k),
     ``s`` (rows, m). Conditions as for [`rowmm()`][hamode.native.rowmm]. The sums are taken in blocks of rows
     fixed by ``torch.get_num_threads()`` and added in order: deterministic for a thread count."""
-    fn = _vjp_kernel("hamode_rowvjp_sums", c, W1, s, act, W2, base, y)
+    fn = _vjp_kernel(c, W1, s, act, W2, base, y)
     if fn is None:
         return None
     rows, k = c.shape
@@ -141,7 +141,21 @@ def rowvjp_sums(
     out, partial = _empty(c.dtype, rows, k), _empty(c.dtype, threads, 2 * m * k + m)
     sc, gy, gs = _empty(c.dtype, m, k), _empty(c.dtype, m, k), _empty(c.dtype, m)
     fn(
-        *_vjp_args(c, W1, s, act, W2, alpha, base),
+        rows,
+        c.data_ptr(),
+        c.stride(0),
+        W1.data_ptr(),
+        W1.stride(0),
+        W1.stride(1),
+        s.data_ptr(),
+        s.stride(0),
+        act,
+        W2.data_ptr(),
+        W2.stride(0),
+        W2.stride(1),
+        alpha,
+        None if base is None else base.data_ptr(),
+        0 if base is None else base.stride(0),
         y.data_ptr(),
         y.stride(0),
         out.data_ptr(),
@@ -158,8 +172,8 @@ def _empty(dtype: torch.dtype, *shape: int) -> Tensor:
     return torch.empty(shape, dtype=dtype, device="cpu")  # on the CPU whatever the default device
 
 
-def _vjp_kernel(name: str, c, W1, s, act, W2, base, y):
-    """The kernel ``name`` for the operands of rowvjp_sums, or None where it does not apply."""
+def _vjp_kernel(c, W1, s, act, W2, base, y):
+    """The kernel for these operands of rowvjp_sums, or None where it does not apply."""
     if c.dim() != 2 or W1.dim() != 2 or W2.dim() != 2 or c.device.type != "cpu" or c.dtype not in _TYPES:
         return None
     rows, k = c.shape
@@ -168,37 +182,17 @@ def _vjp_kernel(name: str, c, W1, s, act, W2, base, y):
         return None
     if W1.shape[0] != k or W2.shape != (m, k) or c.stride(1) != 1:
         return None
-    if s is not None and (s.dim() != 2 or s.shape != (rows, m) or s.stride(1) != 1):
+    if s.dim() != 2 or s.shape != (rows, m) or s.stride(1) != 1:
         return None
     for t in (base, y):
         if t is not None and (t.dim() != 2 or t.shape != (rows, k) or t.stride(1) != 1):
             return None
-    operands = [t for t in (c, W1, s, W2, base, y) if t is not None]
+    operands = [t for t in (c, W1, s, W2, base, y) if t is not None]  # base is optional
     if any(t.dtype != c.dtype or t.device != c.device for t in operands):
         return None
     if torch.is_grad_enabled() and any(t.requires_grad for t in operands):
         return None
-    return kernel(c.dtype, k, m, name)
-
-
-def _vjp_args(c, W1, s, act, W2, alpha, base) -> tuple:
-    return (
-        c.shape[0],
-        c.data_ptr(),
-        c.stride(0),
-        W1.data_ptr(),
-        W1.stride(0),
-        W1.stride(1),
-        s.data_ptr(),
-        s.stride(0),
-        act,
-        W2.data_ptr(),
-        W2.stride(0),
-        W2.stride(1),
-        alpha,
-        None if base is None else base.data_ptr(),
-        0 if base is None else base.stride(0),
-    )
+    return kernel(c.dtype, k, m, "hamode_rowvjp_sums")
 
 
 def rowgram(A: Tensor, B: Tensor) -> Tensor | None:
