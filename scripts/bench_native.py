@@ -19,6 +19,12 @@ from _common import markdown_table, out_dir, start, write_csv, write_text
 from hamode import native
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
 def _pairs(rows: int, n: int, dtype: torch.dtype):
     torch.manual_seed(0)
     y, c = torch.randn(rows, n, dtype=dtype), torch.randn(rows, n, dtype=dtype)
@@ -52,10 +58,17 @@ def _agree(a, b) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/bench_native")
-    parser.add_argument("--rows", type=int, default=78_400)
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=101, help="interleaved repetitions (default 101)")
+    parser.add_argument("--rows", type=_positive, default=78_400)
+    parser.add_argument("--n", type=_positive, default=8, help=f"columns of the state (at most {native.MAX_SIZE})")
+    parser.add_argument("--repeats", type=_positive, default=101, help="interleaved repetitions (default 101)")
     args = parser.parse_args(argv)
+    if args.n > native.MAX_SIZE:
+        parser.error(f"--n must be at most {native.MAX_SIZE} (the kernels' largest size), got {args.n}")
+    if args.rows * args.n < native.NATIVE_FROM:
+        parser.error(
+            f"--rows x --n must be at least {native.NATIVE_FROM} (hamode.native.NATIVE_FROM: smaller states stay "
+            f"with torch), got {args.rows} x {args.n}"
+        )
     start(None if argv is None else ["scripts/bench_native.py", *argv])
     out = out_dir(args.out)
     before = torch.get_num_threads()

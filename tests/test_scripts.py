@@ -267,3 +267,11 @@ def test_bench_native_writes_its_table(tmp_path, capsys):
     assert len(rows) == 8 and {r[0] for r in rows} == {"base + alpha x W", "VJP + factor sums"}
     assert all(float(r[6]) <= (1e-5 if r[1] == "float32" else 1e-12) for r in rows)  # checked before timing
     assert "$ python scripts/bench_native.py" in capsys.readouterr().out
+    for bad, message in (
+        (["--rows", "100"], "--rows x --n must be at least 65536"),
+        (["--n", "65"], "--n must be at most 64"),
+        (["--repeats", "0"], "expected an integer >= 1, got '0'"),
+    ):
+        with pytest.raises(SystemExit):
+            load("bench_native").main(bad)
+        assert message in capsys.readouterr().err
