@@ -332,8 +332,7 @@ def vjp_factors(
 
     Wide states with a σ the native kernels know take one native pass
     ([`hamode.native.rowvjp_sums`][hamode.native.rowvjp_sums]) that sums the factors over the rows instead of
-    keeping them: the factors are then ``(sᵀ c, gzᵀ x, Σ gz)``. ``layer_sums()``
-    takes either form.
+    keeping them: the factors are then ``(sᵀ c, gzᵀ x, Σ gz)``. ``layer_sums()`` takes either form.
     """
     if c.numel() >= NATIVE_FROM and act.native_code is not None:
         done = rowvjp_sums(c, W1, s, act.native_code, W2, x, alpha, base)
@@ -345,8 +344,8 @@ def vjp_factors(
 
 
 def layer_sums(factors: Factors, a) -> tuple[Tensor, Tensor, Tensor]:
-    """``(a sᵀ c, a gzᵀ x, a Σ gz)`` per node from ``vjp_factors()``' factors
-    stacked over nodes, in either form (kept rows, or already summed over them)."""
+    """``(a sᵀ c, a gzᵀ x, a Σ gz)`` per node from ``vjp_factors()``' factors stacked over nodes, in either form
+    (kept rows, or already summed over them)."""
     if len(factors) == 3:
         sc, gx, gs = factors
         return sc * a, gx * a, gs * (a if isinstance(a, float) else a[:, :, 0])
@@ -534,8 +533,8 @@ def _need_grid(field: Field, grid: LayerGrid | None, what: str) -> LayerGrid:
 Factors = tuple[Tensor, ...]
 """One evaluation's parameter factors, as a VJP returns them: the tensors (``(rows, ·)`` each) from which the
 parameter gradients of that evaluation are formed, or sums of them over the rows (a native VJP's, see
-``vjp_factors()``); the engine stacks them over nodes as ``(nodes, ...)``, and
-the field's ``fused_group_grads`` reads the form it wrote."""
+``vjp_factors()``); the engine stacks them over nodes as ``(nodes, ...)``, and the field's ``fused_group_grads``
+reads the form it wrote."""
 FusedWeights = dict[str, Tensor]
 """Per-node tensors of [`FusedField.fused_weights()`][hamode.fields.FusedField.fused_weights] (keys in
 ``fused_shared_keys`` are shared by all nodes);
