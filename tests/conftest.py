@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,19 @@ fields are created on the default device, which is set here. Tests marked ``cpu_
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cpu_only: the test is about CPU behaviour; skipped with HAMODE_TEST_DEVICE")
+    if "HAMODE_NATIVE_CACHE" not in os.environ:  # hamode.native builds its kernels here: the run writes no home dir
+        os.environ["HAMODE_NATIVE_CACHE"] = config._hamode_native_cache = tempfile.mkdtemp(prefix="hamode-native-")
     if DEVICE != "cpu":
         if DEVICE.startswith("cuda") and not torch.cuda.is_available():
             raise pytest.UsageError(f"HAMODE_TEST_DEVICE={DEVICE} but torch sees no CUDA device")
         torch.set_default_device(DEVICE)
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_hamode_native_cache", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop("HAMODE_NATIVE_CACHE", None)
 
 
 def pytest_collection_modifyitems(config, items):
