@@ -10,8 +10,9 @@ with its parameter factors summed over the rows on the way. ``python scripts/ben
 the torch calls they replace (the Speed page has its table).
 
 The kernels are C (``hamode/csrc/rowmm.c``), compiled on first use for each (dtype, k, c) with the system's C
-compiler (``$CC``, default ``cc``; ``-O3 -march=native``, and ``-fopenmp`` when torch runs on libgomp, whose
-already loaded copy they then share, so their threads are torch's: ``torch.set_num_threads`` applies). The shared
+compiler (``$CC``, default ``cc``; ``-O3 -march=native``, without it where the compiler refuses it, and
+``-fopenmp`` when torch runs on libgomp, whose already loaded copy they then share, so their threads are torch's:
+``torch.set_num_threads`` applies). The shared
 objects are kept in a cache folder (``$HAMODE_NATIVE_CACHE``, default ``~/.cache/hamode/native``) under a name
 that hashes the source, the flags, the compiler and the CPU, so a cached object is never one built from another
 source or for another processor. Where no compiler works, the functions answer ``None`` (the caller computes
@@ -266,16 +267,20 @@ def _load(dtype: torch.dtype, k: int, c: int, name: str):
     if cc is None:
         return _failed(dtype, k, c, f"no C compiler ({os.environ.get('CC', 'cc')!r} not found)")
     source = SOURCE.read_bytes()
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-std=gnu11", f"-DDOUBLE={double}", f"-DK={k}", f"-DC={c}"]
+    flags = ["-O3", "-fPIC", "-shared", "-std=gnu11", f"-DDOUBLE={double}", f"-DK={k}", f"-DC={c}"]
     if _openmp():
         flags.append("-fopenmp")
     stat = os.stat(cc[0])
-    ident = repr((source, flags, cc, stat.st_size, stat.st_mtime_ns, _cpu(), platform.machine())).encode()
-    target = cache_dir() / f"rowmm_{ctype}_{k}x{c}_{hashlib.sha256(ident).hexdigest()[:20]}.so"
-    if not target.exists():
-        error = _build(cc, flags, target)
-        if error is not None:
-            return _failed(dtype, k, c, error)
+    errors = []
+    for tuned in (["-march=native"], []):  # a compiler that does not take -march=native builds a generic object
+        ident = repr((source, tuned + flags, cc, stat.st_size, stat.st_mtime_ns, _cpu(), platform.machine()))
+        target = cache_dir() / f"rowmm_{ctype}_{k}x{c}_{hashlib.sha256(ident.encode()).hexdigest()[:20]}.so"
+        error = None if target.exists() else _build(cc, tuned + flags, target)
+        if error is None:
+            break
+        errors.append(error)
+    else:
+        return _failed(dtype, k, c, errors[0])
     try:
         fn = getattr(ctypes.CDLL(str(target)), name)
     except (OSError, AttributeError) as exc:

@@ -145,6 +145,23 @@ def test_a_failing_compiler_is_reported(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no half-written object left behind
 
 
+def test_a_compiler_without_march_native_builds_a_generic_kernel(monkeypatch, tmp_path):
+    wrapper = tmp_path / "cc-without-march"
+    real = shutil.which(os.environ.get("CC", "cc"))
+    wrapper.write_text(
+        f'#!/bin/sh\ncase "$*" in *-march=native*) echo "unknown -march" >&2; exit 1;; esac\nexec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("HAMODE_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(wrapper))
+    x, W = torch.randn(4 * ROWS, 6, dtype=F64), torch.randn(6, 2, dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # built on the second try: nothing to warn about
+        out = native.rowmm(x, W)
+    assert out is not None and rel(out, x @ W) <= 1e-13
+    assert len(list((tmp_path / "cache").glob("rowmm_double_6x2_*.so"))) == 1
+
+
 def test_a_built_kernel_is_reused_by_the_next_process(monkeypatch, tmp_path):
     monkeypatch.setenv("HAMODE_NATIVE_CACHE", str(tmp_path))
     assert native.rowmm(torch.randn(4 * ROWS, 5, dtype=F64), torch.randn(5, 3, dtype=F64)) is not None
