@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ from pathlib import Path
 from hamode.files import write_csv, write_text
 
 __all__ = [
+    "interleaved_medians",
     "markdown_table",
     "median_time",
     "out_dir",
@@ -46,6 +48,28 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, min
         times.append(time.perf_counter() - t)
     times.sort()
     return times[len(times) // 2]
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], object] = lambda: None
+) -> dict[str, float]:
+    """Median wall time in milliseconds of each of ``fns`` over ``repeats`` interleaved repetitions, after two
+    warm-up calls each (allocations, oneDNN primitives). The order rotates every repetition, so a machine's drift
+    and the cost of running right after another function fall on every function alike; ``sync`` (a device
+    synchronisation) is called around each timed call."""
+    names = list(fns)
+    for fn in fns.values():
+        fn()
+        fn()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            sync()
+            t = time.perf_counter()
+            fns[name]()
+            sync()
+            times[name].append(time.perf_counter() - t)
+    return {n: statistics.median(ts) * 1e3 for n, ts in times.items()}
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,13 +45,15 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import markdown_table, out_dir, start, write_csv, write_text
+from _common import interleaved_medians, markdown_table, out_dir, start, write_csv, write_text
 
 import hamode
 from hamode.memory import keep_freed_memory
 from hamode.models import MNISTHDNN, HamiltonianCNN, ResidualCNN, Toy2DClassifier
 
 ALPHA = 1e-4  # the smoothness regulariser's weight (the CNN config's)
+CNN_ARGUMENTS = dict(channels=[16, 32, 64], layers=[2, 2, 2], h=0.5, integrator="symplectic_euler", norm="batch")
+"""The default Hamiltonian CNN (configs/mnist_conv_h2.yaml's net)."""
 
 
 # ---------------------------------------------------------------- the hand-written baselines
@@ -249,28 +249,11 @@ def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tens
     return step
 
 
-def _time(fns: dict[str, Callable[[], None]], repeats: int, sync: Callable[[], None]) -> dict[str, float]:
-    names = list(fns)
-    for fn in fns.values():  # warm-up (allocations, oneDNN primitives)
-        fn()
-        fn()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            sync()
-            t = time.perf_counter()
-            fns[name]()
-            sync()
-            times[name].append(time.perf_counter() - t)
-    return {n: statistics.median(ts) * 1e3 for n, ts in times.items()}
-
-
 def model_cases(device: torch.device) -> list[tuple[str, str, dict[str, nn.Module], Tensor, Tensor, str]]:
     """``(model, description, variants, x, y, the variant the others are compared with)`` for every model."""
     torch.manual_seed(0)
     cases = []
-    cnn_args = dict(channels=[16, 32, 64], layers=[2, 2, 2], h=0.5, integrator="symplectic_euler", norm="batch")
-    cnn = HamiltonianCNN(**cnn_args)
+    cnn = HamiltonianCNN(**CNN_ARGUMENTS)
     reference = copy.deepcopy(cnn)
     for stage in reference.stages:
         stage.fast = False
@@ -279,7 +262,7 @@ def model_cases(device: torch.device) -> list[tuple[str, str, dict[str, nn.Modul
         stage.set_integrator("symplectic_euler", gradient="reversible")
     torch.manual_seed(0)
     residual = ResidualCNN(channels=[16, 32, 64], layers=[2, 2, 2], h=0.5, norm="batch")
-    reduced = HamiltonianCNN(**cnn_args, conv_dtype="bfloat16")
+    reduced = HamiltonianCNN(**CNN_ARGUMENTS, conv_dtype="bfloat16")
     reduced.load_state_dict(cnn.state_dict())
     variants = {
         "hand-written loop": HandCNN(copy.deepcopy(cnn)),
@@ -386,7 +369,7 @@ def main(argv=None) -> None:
         for t in threads if device.type == "cpu" else [0]:
             if t:
                 torch.set_num_threads(t)
-            ms = _time(steps, args.repeats, sync)
+            ms = interleaved_medians(steps, args.repeats, sync)
             label = f"{t} thread{'s' if t > 1 else ''}" if t else args.device
             table_rows = [[k, ms[k], ms[k] / ms[ref]] for k in variants]
             rows += [[name, label, k, v, r] for k, v, r in table_rows]
