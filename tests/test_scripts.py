@@ -275,3 +275,38 @@ def test_bench_native_writes_its_table(tmp_path, capsys):
         with pytest.raises(SystemExit):
             load("bench_native").main(bad)
         assert message in capsys.readouterr().err
+
+
+def test_bench_cnn_stages_times_the_engines_own_convolutions(tmp_path, capsys, monkeypatch):
+    """The stage breakdown's floor calls exactly the convolutions the fused engine calls (same methods, shapes and
+    count, recorded from both), its hand-written stages agree with hamode's, and it writes one row per stage."""
+    from hamode.fields import Convolution
+
+    bench = load("bench_cnn_stages")
+    calls: list[tuple] = []
+    for name in ("apply", "weight_grad"):
+        original = getattr(Convolution, name)
+
+        def recording(self, x, W, *rest, _name=name, _original=original):
+            calls.append((_name, tuple(x.shape), tuple(W.shape) if _name == "apply" else tuple(rest[0])))
+            return _original(self, x, W, *rest)
+
+        monkeypatch.setattr(Convolution, name, recording)
+    for i, stage, hand, x, cotangent in bench.stage_cases(2):
+        calls.clear()
+        stage(x.detach().requires_grad_()).backward(cotangent)
+        engine = sorted(calls)
+        calls.clear()
+        bench.convolutions_alone(stage, x)()
+        assert sorted(calls) == engine and len(engine) == 6 * 2 * stage.field.n_layers, i
+        assert bench._agree(stage, hand, i, x) < 1e-5
+    monkeypatch.undo()
+    bench.main(["--out", str(tmp_path), "--batch", "2", "--repeats", "1", "--threads", "1"])
+    rows = read_csv(tmp_path / "bench_cnn_stages.csv")[1:]
+    assert [r[2] for r in rows] == ["2x16x28x28", "2x32x14x14", "2x64x7x7"]
+    assert all(abs(float(r[3]) - float(r[6]) - float(r[7])) < 1e-3 for r in rows)  # fused - convolutions
+    assert "$ python scripts/bench_cnn_stages.py" in capsys.readouterr().out
+    for bad, message in ((["--threads", "0"], "thread counts must be >= 1"), (["--repeats", "0"], "got '0'")):
+        with pytest.raises(SystemExit):
+            bench.main(bad)
+        assert message in capsys.readouterr().err
