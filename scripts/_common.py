@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import statistics
 import sys
@@ -16,6 +17,7 @@ __all__ = [
     "markdown_table",
     "median_time",
     "out_dir",
+    "positive_int",
     "start",
     "toy2d_accuracy",
     "toy2d_model",
@@ -29,6 +31,13 @@ def start(argv: Sequence[str] | None = None) -> None:
     """Print the exact command that is running (the scripts' convention)."""
     argv = sys.argv if argv is None else argv
     print("$ python " + " ".join(shlex.quote(a) for a in argv), flush=True)
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: an integer >= 1 (argparse names the option in its error)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
 
 
 def out_dir(path: str) -> Path:

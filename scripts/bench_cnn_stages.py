@@ -33,7 +33,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import interleaved_medians, markdown_table, out_dir, start, write_csv, write_text
+from _common import interleaved_medians, markdown_table, out_dir, positive_int, start, write_csv, write_text
 from bench_models import CNN_ARGUMENTS, HandCNN
 
 from hamode.memory import keep_freed_memory
@@ -50,12 +50,6 @@ HEADERS = [
     "fused - convolutions ms",
     "fused / hand loop (NCHW)",
 ]
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return int(text)
 
 
 def _threads(text: str) -> list[int]:
@@ -126,9 +120,9 @@ def _agree(stage, hand: HandCNN, i: int, x: Tensor) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/bench_cnn_stages")
-    parser.add_argument("--repeats", type=_positive, default=15, help="interleaved repetitions (default 15)")
+    parser.add_argument("--repeats", type=positive_int, default=15, help="interleaved repetitions (default 15)")
     parser.add_argument("--threads", type=_threads, default=[1, 2], help="thread counts, comma-separated (1,2)")
-    parser.add_argument("--batch", type=_positive, default=128, help="images per batch (default 128, the config's)")
+    parser.add_argument("--batch", type=positive_int, default=128, help="images per batch (default 128, the config's)")
     parser.add_argument(
         "--keep-freed-memory",
         action="store_true",

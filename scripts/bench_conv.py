@@ -20,18 +20,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, median_time, out_dir, start, write_csv, write_text
+from _common import markdown_table, median_time, out_dir, positive_int, start, write_csv, write_text
 
 import hamode
 from hamode.diagnostics import SavedBytes
 
 HEADERS = ["depth", "path", "gradient", "seconds", "saved MiB", "time / fused backprop"]
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return int(text)
 
 
 def main(argv=None) -> None:

@@ -14,15 +14,9 @@ import argparse
 import time
 
 import torch
-from _common import markdown_table, out_dir, start, write_csv, write_text
+from _common import markdown_table, out_dir, positive_int, start, write_csv, write_text
 
 from hamode import native
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return int(text)
 
 
 def _pairs(rows: int, n: int, dtype: torch.dtype):
@@ -58,9 +52,9 @@ def _agree(a, b) -> float:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/bench_native")
-    parser.add_argument("--rows", type=_positive, default=78_400)
-    parser.add_argument("--n", type=_positive, default=8, help=f"columns of the state (at most {native.MAX_SIZE})")
-    parser.add_argument("--repeats", type=_positive, default=101, help="interleaved repetitions (default 101)")
+    parser.add_argument("--rows", type=positive_int, default=78_400)
+    parser.add_argument("--n", type=positive_int, default=8, help=f"columns of the state (at most {native.MAX_SIZE})")
+    parser.add_argument("--repeats", type=positive_int, default=101, help="interleaved repetitions (default 101)")
     args = parser.parse_args(argv)
     if args.n > native.MAX_SIZE:
         parser.error(f"--n must be at most {native.MAX_SIZE} (the kernels' largest size), got {args.n}")

@@ -37,7 +37,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import markdown_table, median_time, out_dir, start, write_csv, write_text
+from _common import markdown_table, median_time, out_dir, positive_int, start, write_csv, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE_HEADERS = ["model", "integrator", "test acc %", "train s / epoch", "parameters", "epochs"]
@@ -52,12 +52,6 @@ DEPTH_HEADERS = [
     "s / step backprop",
     "s / step reversible",
 ]
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return int(text)
 
 
 def _config(name: str) -> dict:

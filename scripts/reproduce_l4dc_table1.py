@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import (
     markdown_table,
     out_dir,
+    positive_int,
     start,
     toy2d_accuracy,
     toy2d_model,
@@ -129,12 +130,6 @@ def recipe_for(arch: str, args) -> dict:
         **time_kw,
         "integrator": integrator,
     }
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return int(text)
 
 
 def run_one(dataset: str, layers: int, arch: str, seed: int, args) -> list:
