@@ -19,6 +19,7 @@ __all__ = [
     "out_dir",
     "positive_int",
     "start",
+    "thread_counts",
     "toy2d_accuracy",
     "toy2d_model",
     "train_toy2d",
@@ -38,6 +39,17 @@ def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return int(text)
+
+
+def thread_counts(text: str) -> list[int]:
+    """An argparse ``type``: comma-separated torch thread counts, each >= 1 (``"1,2"`` -> ``[1, 2]``)."""
+    try:
+        counts = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(t < 1 for t in counts):
+        raise argparse.ArgumentTypeError(f"thread counts must be >= 1, got {text!r}")
+    return counts
 
 
 def out_dir(path: str) -> Path:

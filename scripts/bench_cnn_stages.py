@@ -33,7 +33,16 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import interleaved_medians, markdown_table, out_dir, positive_int, start, write_csv, write_text
+from _common import (
+    interleaved_medians,
+    markdown_table,
+    out_dir,
+    positive_int,
+    start,
+    thread_counts,
+    write_csv,
+    write_text,
+)
 from bench_models import CNN_ARGUMENTS, HandCNN
 
 from hamode.memory import keep_freed_memory
@@ -50,16 +59,6 @@ HEADERS = [
     "fused - convolutions ms",
     "fused / hand loop (NCHW)",
 ]
-
-
-def _threads(text: str) -> list[int]:
-    try:
-        counts = [int(t) for t in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if any(t < 1 for t in counts):
-        raise argparse.ArgumentTypeError(f"thread counts must be >= 1, got {text!r}")
-    return counts
 
 
 def convolutions_alone(stage, x: Tensor):
@@ -121,7 +120,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/bench_cnn_stages")
     parser.add_argument("--repeats", type=positive_int, default=15, help="interleaved repetitions (default 15)")
-    parser.add_argument("--threads", type=_threads, default=[1, 2], help="thread counts, comma-separated (1,2)")
+    parser.add_argument("--threads", type=thread_counts, default=[1, 2], help="thread counts, comma-separated (1,2)")
     parser.add_argument("--batch", type=positive_int, default=128, help="images per batch (default 128, the config's)")
     parser.add_argument(
         "--keep-freed-memory",

@@ -45,7 +45,16 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import interleaved_medians, markdown_table, out_dir, start, write_csv, write_text
+from _common import (
+    interleaved_medians,
+    markdown_table,
+    out_dir,
+    positive_int,
+    start,
+    thread_counts,
+    write_csv,
+    write_text,
+)
 
 import hamode
 from hamode.memory import keep_freed_memory
@@ -328,8 +337,8 @@ def model_cases(device: torch.device) -> list[tuple[str, str, dict[str, nn.Modul
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="outputs/bench_models")
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved repetitions per variant (default 7)")
-    parser.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated (default 1,2)")
+    parser.add_argument("--repeats", type=positive_int, default=7, help="interleaved repetitions (default 7)")
+    parser.add_argument("--threads", type=thread_counts, default=[1, 2], help="thread counts, comma-separated (1,2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--only", default="", help="run only the models whose name contains this text")
     parser.add_argument(
@@ -339,14 +348,7 @@ def main(argv=None) -> None:
         "variant runs under it); default: the C library's defaults, as a user's script gets them",
     )
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    try:
-        threads = [int(t) for t in args.threads.split(",")]
-    except ValueError:
-        parser.error(f"--threads must be comma-separated integers, got {args.threads!r}")
-    if any(t < 1 for t in threads):
-        parser.error(f"--threads must be >= 1, got {args.threads!r}")
+    threads = args.threads
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
