@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hamode import native
+
 __all__ = ["Activation", "ActivationName", "get_activation", "list_activations"]
 
 
@@ -34,6 +36,13 @@ def _half_relu_sq(x: Tensor) -> Tensor:
 def _tanh_prime(x: Tensor) -> Tensor:
     t = torch.tanh(x)
     return 1.0 - t * t
+
+
+def _tanh_(x: Tensor) -> Tensor:
+    # the fused engine's tanh: hamode's kernel where it applies (dense CPU float32/float64 tensors of some size:
+    # torch's tanh runs MKL's vector math, slow on processors that are not Intel's), torch's elsewhere
+    out = native.tanh_(x)
+    return torch.tanh_(x) if out is None else out
 
 
 def _sigmoid_prime(x: Tensor) -> Tensor:
@@ -61,7 +70,7 @@ class Activation:
     backprop_through_output: Callable[[Tensor, Tensor], Tensor]
     """``g ⊙ σ'(z)`` computed from ``s = σ(z)`` (no need to keep z); may overwrite g. Fused engine only."""
     sigma_: Callable[[Tensor], Tensor]
-    """σ in place (fused engine only)."""
+    """σ in place (fused engine only; for tanh, [`hamode.native.tanh_`][hamode.native.tanh_] where it applies)."""
     native_code: int | None = None
     """How the native VJP ([`hamode.native.rowvjp_sums`][hamode.native.rowvjp_sums]) takes σ' from σ's output
     (0 tanh, 1 sigmoid, 2 relu); ``None``: it does not know this σ, and its VJPs stay with torch."""
@@ -90,7 +99,7 @@ def _sigmoid_backprop(g: Tensor, s: Tensor) -> Tensor:  # g s (1 - s)
 
 
 _ACTIVATIONS = {
-    "tanh": Activation("tanh", torch.tanh, _log_cosh, _tanh_prime, 1.0, _tanh_backprop, torch.tanh_, 0),
+    "tanh": Activation("tanh", torch.tanh, _log_cosh, _tanh_prime, 1.0, _tanh_backprop, _tanh_, 0),
     "relu": Activation(
         "relu", torch.relu, _half_relu_sq, lambda x: (x > 0).to(x.dtype), 1.0, _relu_backprop, torch.relu_, 2
     ),

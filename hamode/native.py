@@ -1,4 +1,4 @@
-"""Native row-wise kernels for wide states: ``base + alpha (x W + bias)`` over many rows of a few columns.
+"""Native kernels for wide states: ``base + alpha (x W + bias)`` over many rows of a few columns, and ``tanh``.
 
 The dense fields' fused evaluations are chains of small products ``(rows, k) @ (k, c)`` with k, c of a few to a
 few dozen: on a per-pixel state (L4DC's MNIST net: 78 400 rows of 8) each such product, its bias, its update and
@@ -6,16 +6,17 @@ its scale are separate passes of torch over megabytes, and a GEMM library is not
 [`rowmm()`][hamode.native.rowmm] does the product, the bias, the scale and the update in one pass (each row of
 ``x`` read once, each row of the result written once, ``W`` held in registers), with the activation left to
 torch between two such passes; an evaluation's VJP ([`rowvjp_sums()`][hamode.native.rowvjp_sums]) is one pass too,
-with its parameter factors summed over the rows on the way. ``python scripts/bench_native.py`` times them against
-the torch calls they replace (the Speed page has its table).
+with its parameter factors summed over the rows on the way. [`tanh_()`][hamode.native.tanh_] is σ of the fused
+engine's tanh fields on wide states (torch's runs MKL's vector math, slow on processors that are not Intel's).
+``python scripts/bench_native.py`` times them against the torch calls they replace (the Speed page has its table).
 
-The kernels are C (``hamode/csrc/rowmm.c``), compiled on first use for each (dtype, k, c) with the system's C
-compiler (``$CC``, default ``cc``; ``-O3 -march=native``, without it where the compiler refuses it, and
-``-fopenmp`` when torch runs on libgomp, whose already loaded copy they then share, so their threads are torch's:
-``torch.set_num_threads`` applies). The shared
-objects are kept in a cache folder (``$HAMODE_NATIVE_CACHE``, default ``~/.cache/hamode/native``) under a name
-that hashes the source, the flags, the compiler and the CPU, so a cached object is never one built from another
-source or for another processor. Where no compiler works, the functions answer ``None`` (the caller computes
+The kernels are C (``hamode/csrc/rowmm.c``, ``hamode/csrc/tanh.c``), compiled on first use for each (dtype, k, c;
+``tanh`` for each dtype) with the system's C compiler (``$CC``, default ``cc``; ``-O3 -march=native``, without
+it where the compiler refuses it, and ``-fopenmp`` when torch runs on libgomp, whose already loaded copy they then
+share, so their threads are torch's: ``torch.set_num_threads`` applies). The shared objects are kept in a cache
+folder (``$HAMODE_NATIVE_CACHE``, default ``~/.cache/hamode/native``) under a name that hashes the source, the
+flags, the compiler and the CPU, so a cached object is never one built from another source or for another
+processor. Where no compiler works, the functions answer ``None`` (the caller computes
 with torch) and warn once per kernel; ``HAMODE_NATIVE=0`` turns the kernels off.
 
 The fused engine's dense helpers call these on CPU tensors of float32 or float64 outside autograd whose operand
@@ -39,7 +40,18 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_SIZE", "NATIVE_FROM", "cache_dir", "enabled", "kernel", "rowgram", "rowmm", "rowvjp_sums"]
+__all__ = [
+    "MAX_SIZE",
+    "NATIVE_FROM",
+    "TANH_FROM",
+    "cache_dir",
+    "enabled",
+    "kernel",
+    "rowgram",
+    "rowmm",
+    "rowvjp_sums",
+    "tanh_",
+]
 
 NATIVE_FROM = 1 << 16
 """From this many elements (in the fused engine's operand, and in the kernel's result) the dense products run on
@@ -47,7 +59,17 @@ the native kernels (``python scripts/bench_native.py --rows``: below it torch's 
 MAX_SIZE = 64
 """The largest inner size k and column count c a kernel is built for (larger products stay with torch)."""
 
-SOURCE = Path(__file__).with_name("csrc") / "rowmm.c"
+TANH_FROM = 1 << 12
+"""From this many elements [`tanh_()`][hamode.native.tanh_] runs on its kernel (``python scripts/bench_native.py``:
+below it the call's overhead ate the gain)."""
+
+SOURCES = {
+    "hamode_rowmm": Path(__file__).with_name("csrc") / "rowmm.c",
+    "hamode_rowvjp_sums": Path(__file__).with_name("csrc") / "rowmm.c",
+    "hamode_rowgram": Path(__file__).with_name("csrc") / "rowmm.c",
+    "hamode_tanh": Path(__file__).with_name("csrc") / "tanh.c",
+}
+"""The C source of each kernel; the row-wise ones are built per (dtype, k, c), ``hamode_tanh`` per dtype."""
 _TYPES = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ctypes.c_double)}
 
 _kernels: dict[tuple, object] = {}
@@ -221,11 +243,33 @@ def rowgram(A: Tensor, B: Tensor) -> Tensor | None:
     return out
 
 
+def tanh_(x: Tensor) -> Tensor | None:
+    """``tanh`` of ``x`` in place, or ``None`` when the kernel does not apply (then the caller uses torch).
+
+    torch's CPU ``tanh`` runs MKL's vector math, whose fast paths are for Intel processors; elsewhere it costs
+    several times torch's own ``sigmoid`` (on this project's AMD machine 2.5 ns an element in float32: a third of
+    the per-pixel nets' training step). The kernel computes ``tanh`` from ``expm1(-2|x|)`` in one vectorised pass,
+    within 2.5 ulp in float32 (every float32 checked) and 2.4 ulp in float64 (sampled against mpmath; torch's: 1),
+    so the fused engine's results move by rounding only; ``tanh(-0) = -0``, ``tanh(±inf) = ±1``, NaN stays NaN.
+    Applies to dense CPU tensors (any memory format) of float32 or float64 with at least
+    [`TANH_FROM`][hamode.native.TANH_FROM] elements, outside autograd, with the kernels enabled and buildable."""
+    if x.device.type != "cpu" or x.dtype not in _TYPES or x.numel() < TANH_FROM or not enabled():
+        return None
+    if x.requires_grad and torch.is_grad_enabled():
+        return None
+    if not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))):
+        return None  # its elements are not one block of memory
+    fn = kernel(x.dtype, 0, 0, "hamode_tanh")
+    if fn is None:
+        return None
+    fn(x.numel(), x.data_ptr(), x.data_ptr(), torch.get_num_threads())
+    return x
+
+
 def kernel(dtype: torch.dtype, k: int, c: int, name: str = "hamode_rowmm"):
-    """The native function ``name`` (``hamode_rowmm``, ``hamode_rowvjp_sums`` or ``hamode_rowgram``) for
-    (dtype, k, c),
-    built (or found in the cache folder) on first use; ``None`` where it cannot be built (warned once per process
-    and kernel)."""
+    """The native function ``name`` (``hamode_rowmm``, ``hamode_rowvjp_sums`` or ``hamode_rowgram`` for
+    (dtype, k, c); ``hamode_tanh`` for dtype, with k = c = 0), built (or found in the cache folder) on first use;
+    ``None`` where it cannot be built (warned once per process and kernel)."""
     key = (dtype, k, c, name, os.environ.get("CC"), os.environ.get("HAMODE_NATIVE_CACHE"))
     fn = _kernels.get(key)
     if fn is None:
@@ -263,30 +307,37 @@ def _compiler() -> list[str] | None:
 def _load(dtype: torch.dtype, k: int, c: int, name: str):
     ctype, cscalar = _TYPES[dtype]
     double = int(dtype == torch.float64)
+    what = f"{name} for {dtype}" + (f" ({k} -> {c})" if name != "hamode_tanh" else "")
     cc = _compiler()
     if cc is None:
-        return _failed(dtype, k, c, f"no C compiler ({os.environ.get('CC', 'cc')!r} not found)")
-    source = SOURCE.read_bytes()
-    flags = ["-O3", "-fPIC", "-shared", "-std=gnu11", f"-DDOUBLE={double}", f"-DK={k}", f"-DC={c}"]
-    if _openmp():
-        flags.append("-fopenmp")
+        return _failed(what, f"no C compiler ({os.environ.get('CC', 'cc')!r} not found)")
+    path = SOURCES[name]
+    source = path.read_bytes()
+    flags = ["-O3", "-fPIC", "-shared", "-std=gnu11", f"-DDOUBLE={double}"]
+    stem = f"{path.stem}_{ctype}"
+    if name != "hamode_tanh":
+        flags += [f"-DK={k}", f"-DC={c}"]
+        stem += f"_{k}x{c}"
+    flags.append("-fopenmp" if _openmp() else "-fopenmp-simd")  # the simd pragmas hold either way
     stat = os.stat(cc[0])
     errors = []
     for tuned in (["-march=native"], []):  # a compiler that does not take -march=native builds a generic object
         ident = repr((source, tuned + flags, cc, stat.st_size, stat.st_mtime_ns, _cpu(), platform.machine()))
-        target = cache_dir() / f"rowmm_{ctype}_{k}x{c}_{hashlib.sha256(ident.encode()).hexdigest()[:20]}.so"
-        error = None if target.exists() else _build(cc, tuned + flags, target)
+        target = cache_dir() / f"{stem}_{hashlib.sha256(ident.encode()).hexdigest()[:20]}.so"
+        error = None if target.exists() else _build(cc, tuned + flags, path, target)
         if error is None:
             break
         errors.append(error)
     else:
-        return _failed(dtype, k, c, errors[0])
+        return _failed(what, errors[0])
     try:
         fn = getattr(ctypes.CDLL(str(target)), name)
     except (OSError, AttributeError) as exc:
-        return _failed(dtype, k, c, f"could not load {target}: {exc}")
+        return _failed(what, f"could not load {target}: {exc}")
     p, n = ctypes.c_void_p, ctypes.c_long
-    if name == "hamode_rowmm":
+    if name == "hamode_tanh":
+        fn.argtypes = [n, p, p, ctypes.c_int]
+    elif name == "hamode_rowmm":
         fn.argtypes = [n, p, n, p, n, n, p, n, cscalar, p, n, p, ctypes.c_int]
     elif name == "hamode_rowgram":
         fn.argtypes = [n, p, n, p, n, p, p, ctypes.c_int]
@@ -297,7 +348,7 @@ def _load(dtype: torch.dtype, k: int, c: int, name: str):
     return fn
 
 
-def _build(cc: list[str], flags: list[str], target: Path) -> str | None:
+def _build(cc: list[str], flags: list[str], source: Path, target: Path) -> str | None:
     """Compile into ``target`` (written under a temporary name, then renamed: processes building the same kernel
     at once each install a whole file); the compiler's complaint, or None."""
     try:
@@ -307,7 +358,7 @@ def _build(cc: list[str], flags: list[str], target: Path) -> str | None:
     except OSError as exc:
         return f"cannot write to {target.parent}: {exc}"
     try:
-        done = subprocess.run([*cc, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120)
+        done = subprocess.run([*cc, *flags, str(source), "-o", tmp], capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             return f"{' '.join(cc)} failed: {(done.stderr or done.stdout).strip()[-400:]}"
         os.replace(tmp, target)
@@ -319,9 +370,9 @@ def _build(cc: list[str], flags: list[str], target: Path) -> str | None:
             os.unlink(tmp)
 
 
-def _failed(dtype: torch.dtype, k: int, c: int, why: str) -> bool:
+def _failed(what: str, why: str) -> bool:
     warnings.warn(
-        f"hamode.native: no native kernel for {dtype} ({k} -> {c}): {why}; torch's kernels are used instead "
+        f"hamode.native: no native kernel {what}: {why}; torch's kernels are used instead "
         "(HAMODE_NATIVE=0 silences this)",
         RuntimeWarning,
         stacklevel=4,

@@ -3,9 +3,10 @@
 For a state of ``rows`` rows of ``n`` (default 78 400 x 8: a batch of 100 MNIST images, 8 channels a pixel):
 ``rowmm`` (one evaluation's product with its update, ``base + alpha x W``) against ``mm`` + ``add``, and
 ``rowvjp_sums`` (an evaluation's VJP with its three parameter factors summed over the rows) against the torch
-calls of the same result (``mm``, ``tanh_backward``, ``mm``, ``add``, two ``bmm`` and a ``sum``). Both sides
-make fresh outputs, as in a training step; medians of interleaved repetitions, at 1 and 2 threads, float32 and
-float64; every pair is checked to agree before it is timed.
+calls of the same result (``mm``, ``tanh_backward``, ``mm``, ``add``, two ``bmm`` and a ``sum``), and ``tanh_``
+(σ of the per-pixel and image fields, in place) against ``torch.tanh_``, each after copying a pre-activation into
+its buffer. The row kernels' sides make fresh outputs, as in a training step; medians of interleaved repetitions,
+at 1 and 2 threads, float32 and float64; every pair is checked to agree before it is timed.
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ def _pairs(rows: int, n: int, dtype: torch.dtype):
         out = torch.add(c, torch.mm(g, W.mT), alpha=0.5)
         return out, s.mT @ c, g.mT @ y, g.sum(0)
 
+    z = torch.randn(rows, n, dtype=dtype) * 2  # a pre-activation
+    mine_z, torch_z = z.clone(), z.clone()
+
     return [
         ("base + alpha x W", lambda: native.rowmm(y, W, 0.5, c), torch_update),
+        ("copy + tanh in place", lambda: native.tanh_(mine_z.copy_(z)), lambda: torch.tanh_(torch_z.copy_(z))),
         (
             "VJP + factor sums",
             lambda: native.rowvjp_sums(c, W, s, 0, W.mT, y, 0.5, c),

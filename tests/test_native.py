@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import F64
+from helpers import F64, image_architectures
 
 import hamode
 from hamode import native
@@ -229,3 +229,126 @@ def test_an_activation_the_kernels_do_not_know_stays_with_torch():
     assert len(factors) == 4  # the rows kept: torch's path
     out_native, sums = vjp_factors(tanh, c, W, s, W.mT, y, 0.5, c)
     assert len(sums) == 3 and rel(out_native, out) <= 1e-13
+
+
+def ulps(got: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """|got - exact| in units of the spacing of got's dtype at |exact| (exact: float64, or mpmath's rounded)."""
+    at = exact.abs().to(got.dtype)
+    spacing = torch.nextafter(at, torch.tensor(float("inf"), dtype=got.dtype)) - at
+    return (got.double() - exact).abs() / spacing.double()
+
+
+def tanh_inputs(dtype) -> torch.Tensor:
+    torch.manual_seed(0)
+    scales = (1e-30, 1e-6, 1e-3, 0.1, 0.3, 1.0, 3.0, 8.0, 30.0)
+    x = torch.cat([torch.randn(20_000, dtype=torch.float64) * s for s in scales]).to(dtype)
+    worst = torch.tensor([4.505090713500977], dtype=dtype)  # float32's worst input (2.498 ulp; the slow test)
+    return torch.cat([x, worst, -worst])
+
+
+def test_tanh_is_within_2_5_ulp_in_float32():
+    x = tanh_inputs(torch.float32)
+    got = native.tanh_(x.clone())
+    assert got is not None
+    err = ulps(got, torch.tanh(x.double()))  # torch's float64 tanh (1 ulp of float64): exact for float32
+    assert err.max() <= 2.5
+    assert err.max() >= 2.0  # the worst input is in the sample: the measure is not blind
+    assert err.mean() <= 0.5  # most are correctly rounded
+
+
+def test_tanh_is_within_2_5_ulp_in_float64():
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    x = tanh_inputs(torch.float64)[::9]  # 20 000 inputs
+    got = native.tanh_(x.clone())
+    exact = torch.tensor([float(mpmath.tanh(mpmath.mpf(v))) for v in x.tolist()], dtype=torch.float64)
+    assert ulps(got, exact).max() <= 2.5
+    assert ulps(torch.tanh(x), exact).max() <= 1.0  # the measure itself: torch's tanh to 1 ulp
+
+
+@pytest.mark.slow
+def test_tanh_is_within_2_5_ulp_at_every_float32():
+    """Every float32 in [0, 10] (beyond it tanh is 1.0 in float32; negative inputs are the same path with the sign)."""
+    top = torch.tensor(10.0).view(torch.int32).item()
+    worst = 0.0
+    for lo in range(0, top + 1, 1 << 24):
+        x = torch.arange(lo, min(lo + (1 << 24), top + 1), dtype=torch.int32).view(torch.float32)
+        worst = max(worst, ulps(native.tanh_(x.clone()), torch.tanh(x.double())).max().item())
+    assert 2.0 <= worst <= 2.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_special_values(dtype):
+    special = [0.0, -0.0, float("inf"), -float("inf"), float("nan"), 10.0, -21.0, 25.0, -1e300, 1e-300, -1e-40]
+    x = torch.tensor(special + [0.5] * native.TANH_FROM, dtype=dtype)
+    got = native.tanh_(x.clone())[: len(special)]
+    want = torch.tanh(x[: len(special)])
+    assert torch.equal(got[:2], want[:2]) and torch.equal(got[:2].signbit(), torch.tensor([False, True]))  # ±0
+    assert got[2:4].tolist() == [1.0, -1.0] and got[4].isnan()
+    assert abs(got[5] - want[5]) <= 3 * torch.finfo(dtype).eps and got[6:9].tolist() == [-1.0, 1.0, -1.0]
+    assert torch.equal(got[9:], want[9:].to(dtype))  # tiny inputs: tanh(x) = x (subnormal float32 included)
+
+
+def test_tanh_in_place_on_dense_tensors_of_any_memory_format():
+    x = torch.randn(16, 8, 24, 24, dtype=F64).to(memory_format=torch.channels_last)
+    want = torch.tanh(x)
+    out = native.tanh_(x)
+    assert out is x and x.is_contiguous(memory_format=torch.channels_last)
+    assert rel(x, want) <= 1e-15
+    big = torch.randn(2 * native.TANH_FROM + 1, dtype=torch.float32)
+    assert native.tanh_(big.clone()) is not None  # odd sizes: the vector loop's remainder
+
+
+def test_what_tanh_refuses(monkeypatch):
+    x = torch.randn(native.TANH_FROM)
+    assert native.tanh_(x.clone()) is not None
+    assert native.tanh_(x[:-1].clone()) is None  # too few elements: torch's call is cheaper
+    assert native.tanh_(x.bfloat16()) is None  # float32 and float64 only
+    assert native.tanh_(torch.randn(64, 2 * native.TANH_FROM // 64)[:, ::2]) is None  # not one block of memory
+    w = x.clone().requires_grad_(True)
+    assert native.tanh_(w) is None  # autograd would not see it ...
+    with torch.no_grad():
+        assert native.tanh_(w) is not None  # ... unless it is off
+    monkeypatch.setenv("HAMODE_NATIVE", "0")
+    assert native.tanh_(x.clone()) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_without_a_compiler_warns_once_and_torch_computes(monkeypatch, tmp_path, dtype):
+    monkeypatch.setenv("HAMODE_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler-hamode")
+    x = torch.randn(native.TANH_FROM, dtype=dtype)
+    with pytest.warns(RuntimeWarning, match="hamode_tanh"):
+        assert native.tanh_(x.clone()) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(get_activation("tanh").sigma_(x.clone()), torch.tanh(x))  # torch's, warned once
+
+
+@pytest.mark.parametrize("arch", image_architectures())
+def test_the_fused_conv_engine_takes_tanh_from_the_kernel(monkeypatch, arch):
+    calls = []
+    original = native.tanh_
+
+    def counted(x):
+        out = original(x)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(native, "tanh_", counted)
+    torch.manual_seed(0)
+    field = hamode.make_field(arch, dim=8, n_layers=2, dtype=F64)
+    y0 = torch.randn(6, 8, 24, 24, dtype=F64)  # a ConvH2 half-evaluation: 4608 elements, past TANH_FROM
+
+    def run(fast: bool):
+        net = hamode.HamiltonianNet(field, 0.3, "symplectic_euler" if field.separable else "rk4", fast=fast)
+        y = y0.clone().requires_grad_(True)
+        field.zero_grad()
+        out = net(y)
+        out.sin().sum().backward()
+        return [out.detach(), y.grad, *(p.grad.clone() for p in field.parameters())]
+
+    fused = run(True)
+    assert any(calls)  # the wide state's σ ran on the kernel
+    for a, b in zip(fused, run(False)):  # the autograd reference: torch's tanh
+        assert rel(a, b) <= 1e-12

@@ -264,7 +264,7 @@ def test_bench_make_train_refuses_what_it_cannot_compare(tmp_path, capsys):
 def test_bench_native_writes_its_table(tmp_path, capsys):
     load("bench_native").main(["--out", str(tmp_path), "--rows", "9000", "--repeats", "1"])
     rows = read_csv(tmp_path / "bench_native.csv")[1:]
-    assert len(rows) == 8 and {r[0] for r in rows} == {"base + alpha x W", "VJP + factor sums"}
+    assert len(rows) == 12 and {r[0] for r in rows} == {"base + alpha x W", "VJP + factor sums", "copy + tanh in place"}
     assert all(float(r[6]) <= (1e-5 if r[1] == "float32" else 1e-12) for r in rows)  # checked before timing
     assert "$ python scripts/bench_native.py" in capsys.readouterr().out
     for bad, message in (
