@@ -315,8 +315,9 @@ def layer_eval(
     act: Activation, x: Tensor, W1: Tensor, b: Tensor, W2: Tensor, alpha: float, base: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """``(base + alpha s @ W2, s)`` with ``s = σ(x @ W1 + b)``: an evaluation ``σ(x A + b) B`` of the fused
-    engine and its context (the VJP's ``s``). Two products (native on wide states) with torch's σ between them;
-    why σ is not in the kernel is on the Speed page."""
+    engine and its context (the VJP's ``s``). Two products (native on wide states) with σ between them (its
+    ``sigma_``: for tanh on wide states hamode's own kernel); why σ is not in the product's kernel is on the Speed
+    page."""
     s = affine_act(act, x, W1, b)
     return mm_out(s, W2, alpha, base), s
 
