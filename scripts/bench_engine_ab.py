@@ -16,6 +16,7 @@ state (100, 28, 28, 8) at 4 and 16 layers (H2, symplectic Euler).
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import statistics
 import sys
@@ -68,6 +69,19 @@ def step_fn(run, params, y0):
     return step
 
 
+def check_both(field, method: str, t_end: float, y0, new_net, base_net) -> None:
+    """Both engines as close to the flow computed in float64 (autograd reference path, same weights) as the
+    float32 reference path itself is, within a factor of 2: the engines may round differently from each other (the
+    native kernels, hamode's tanh), not less accurately. Comparing the two engines with each other directly
+    would fail on rounding alone (16 per-pixel layers: 4e-6 apart, each 3e-6 from the float64 flow)."""
+    with torch.no_grad():
+        exact = hamode.HamiltonianNet(copy.deepcopy(field).double(), t_end, method, fast=False)(y0.double())
+        floor = (hamode.HamiltonianNet(field, t_end, method, fast=False)(y0).double() - exact).abs().max()
+        for name, net in (("this checkout", new_net), ("the baseline", base_net)):
+            err = (net(y0).double() - exact).abs().max()
+            assert err <= 2 * floor + 1e-12, f"{name}'s engine: {err:.2e} from the float64 flow (float32: {floor:.2e})"
+
+
 def cell(base, method, arch, dim, layers, repeats):
     mnist = dim == "mnist"
     n = 8 if mnist else dim
@@ -79,8 +93,7 @@ def cell(base, method, arch, dim, layers, repeats):
     y0 = torch.randn(100, 28, 28, 8) if mnist else torch.randn(125, n)
     new_net = hamode.HamiltonianNet(field, layers * h, method)
     base_net = base.HamiltonianNet(base_field, layers * h, method)
-    with torch.no_grad():
-        assert torch.allclose(new_net(y0), base_net(y0), rtol=1e-5, atol=1e-6), "the two engines disagree"
+    check_both(field, method, layers * h, y0, new_net, base_net)
     plain = plain_loop(method, field, h)
     steps = {
         "baseline": step_fn(lambda y: (base_net(y), base_net.regularization(ALPHA)), list(base_field.parameters()), y0),

@@ -165,6 +165,26 @@ def test_bench_engine_ab_times_a_cell_against_a_baseline():
     assert row[:4] == ["leapfrog", "H2", 4, 8] and all(x > 0 for x in row[4:])
 
 
+def test_bench_engine_ab_checks_each_engine_against_the_float64_flow():
+    """Engines may round differently, not less accurately: one whose weights are off by 1e-4 is refused."""
+    import torch
+
+    import hamode
+
+    ab = load("bench_engine_ab")
+    torch.manual_seed(0)
+    field = hamode.make_field("H2", dim=4, n_layers=8)
+    y0 = torch.randn(125, 4)
+    net = hamode.HamiltonianNet(field, 0.4, "leapfrog")
+    ab.check_both(field, "leapfrog", 0.4, y0, net, net)
+    off = hamode.make_field("H2", dim=4, n_layers=8)
+    off.load_state_dict(field.state_dict())
+    with torch.no_grad():
+        next(off.parameters()).add_(1e-4)
+    with pytest.raises(AssertionError, match=r"the baseline's engine: .* from the float64 flow"):
+        ab.check_both(field, "leapfrog", 0.4, y0, net, hamode.HamiltonianNet(off, 0.4, "leapfrog"))
+
+
 def test_gradient_study_with_the_implicit_rule(tmp_path):
     script = load("gradient_study")
     script.main(["--out", str(tmp_path), "--iterations", "3", "--every", "2", "--models", "h1_implicit_midpoint,mlp32"])
