@@ -29,6 +29,17 @@ def rel(a, b) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
 
 
+def outputs_and_gradients(field, rule: str, y0: torch.Tensor, fast: bool) -> list[torch.Tensor]:
+    """A net of ``field`` (h = 0.3) at ``y0``: its output, and the gradients of ``sum(sin(output))`` with respect to
+    ``y0`` and every parameter."""
+    net = hamode.HamiltonianNet(field, 0.3, rule, fast=fast)
+    y = y0.clone().requires_grad_(True)
+    field.zero_grad()
+    out = net(y)
+    out.sin().sum().backward()
+    return [out.detach(), y.grad, *(p.grad.clone() for p in field.parameters())]
+
+
 def strided(rows: int, k: int, dtype) -> torch.Tensor:
     """(rows, k) with rows 2k + 1 apart: the half of a wider state, as separable fields pass it."""
     return torch.randn(rows, 2 * k + 1, dtype=dtype)[:, 1 : k + 1]
@@ -197,20 +208,12 @@ def test_the_fused_engine_runs_wide_states_on_the_kernels(monkeypatch, kind, rul
     field = hamode.make_field(kind, dim=8, n_layers=3, activation=activation, weights=weights, dtype=F64)
     y0 = torch.randn(2 * ROWS, 8, dtype=F64)
 
-    def run(fast: bool):
-        net = hamode.HamiltonianNet(field, 0.3, rule, fast=fast)
-        y = y0.clone().requires_grad_(True)
-        field.zero_grad()
-        out = net(y)
-        out.sin().sum().backward()
-        return [out.detach(), y.grad, *(p.grad.clone() for p in field.parameters())]
-
-    fused = run(True)
+    fused = outputs_and_gradients(field, rule, y0, fast=True)
     assert calls["rowmm"] > 0 and calls["rowvjp_sums"] > 0  # the wide state ran on the kernels
     monkeypatch.setenv("HAMODE_NATIVE", "0")
-    for a, b in zip(fused, run(True)):  # the fused engine on torch's kernels
+    for a, b in zip(fused, outputs_and_gradients(field, rule, y0, fast=True)):  # the fused engine on torch's kernels
         assert rel(a, b) <= 1e-12
-    for a, b in zip(fused, run(False)):  # the autograd reference
+    for a, b in zip(fused, outputs_and_gradients(field, rule, y0, fast=False)):  # the autograd reference
         assert rel(a, b) <= 1e-12
 
 
@@ -340,15 +343,8 @@ def test_the_fused_conv_engine_takes_tanh_from_the_kernel(monkeypatch, arch):
     field = hamode.make_field(arch, dim=8, n_layers=2, dtype=F64)
     y0 = torch.randn(6, 8, 24, 24, dtype=F64)  # a ConvH2 half-evaluation: 4608 elements, past TANH_FROM
 
-    def run(fast: bool):
-        net = hamode.HamiltonianNet(field, 0.3, "symplectic_euler" if field.separable else "rk4", fast=fast)
-        y = y0.clone().requires_grad_(True)
-        field.zero_grad()
-        out = net(y)
-        out.sin().sum().backward()
-        return [out.detach(), y.grad, *(p.grad.clone() for p in field.parameters())]
-
-    fused = run(True)
+    rule = "symplectic_euler" if field.separable else "rk4"
+    fused = outputs_and_gradients(field, rule, y0, fast=True)
     assert any(calls)  # the wide state's σ ran on the kernel
-    for a, b in zip(fused, run(False)):  # the autograd reference: torch's tanh
+    for a, b in zip(fused, outputs_and_gradients(field, rule, y0, fast=False)):  # the reference: torch's tanh
         assert rel(a, b) <= 1e-12
