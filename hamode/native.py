@@ -60,8 +60,9 @@ MAX_SIZE = 64
 """The largest inner size k and column count c a kernel is built for (larger products stay with torch)."""
 
 TANH_FROM = 1 << 12
-"""From this many elements [`tanh_()`][hamode.native.tanh_] runs on its kernel (``python scripts/bench_native.py``:
-below it the call's overhead ate the gain)."""
+"""From this many elements [`tanh_()`][hamode.native.tanh_] runs on its kernel: below it the call's overhead (about
+5 µs through ctypes) eats the gain (measured float32 at 1 thread on the Speed page's machine: 1 024 elements 5.3 µs
+against torch's 3.2, 4 096 elements 6.5 against 10.9)."""
 
 SOURCES = {
     "hamode_rowmm": Path(__file__).with_name("csrc") / "rowmm.c",

@@ -12,7 +12,8 @@
    (Cody-Waite), 2^k from k's bits: no branch, no conversion, so the loop vectorises (-O3 -march=native).
    Beyond LIM tanh rounds to +-1 in the type. NaN stays NaN, +-inf gives +-1, -0 gives -0.
    Error: at most 2.5 ulp in float (every float checked against torch's tanh in double), 2.4 ulp in double (1.6
-   million samples against mpmath); tests/test_native.py. With -fopenmp the elements are split over `threads` threads of torch's own runtime. */
+   million samples against mpmath); tests/test_native.py. With -fopenmp the elements are split over `threads`
+   threads of torch's own runtime. */
 #include <stdint.h>
 #include <string.h>
 
