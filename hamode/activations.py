@@ -39,10 +39,10 @@ def _tanh_prime(x: Tensor) -> Tensor:
 
 
 def _tanh_(x: Tensor) -> Tensor:
-    # the fused engine's tanh: hamode's kernel where it applies (dense CPU float32/float64 tensors of some size:
-    # torch's tanh runs MKL's vector math, slow on processors that are not Intel's), torch's elsewhere. The size is
-    # checked inline: the deep nets' small states pay no further call.
-    if x.numel() >= native.TANH_FROM:
+    # the fused engine's tanh: hamode's kernel where it applies (dense CPU float32/float64 tensors of some size) and
+    # torch's is slow (native.use_tanh: MKL's vector math on a processor that is not Intel's), torch's elsewhere.
+    # The size is checked inline: the deep nets' small states pay no further call.
+    if x.numel() >= native.TANH_FROM and native.use_tanh():
         out = native.tanh_(x)
         if out is not None:
             return out

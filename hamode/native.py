@@ -7,7 +7,8 @@ its scale are separate passes of torch over megabytes, and a GEMM library is not
 ``x`` read once, each row of the result written once, ``W`` held in registers), with the activation left to
 torch between two such passes; an evaluation's VJP ([`rowvjp_sums()`][hamode.native.rowvjp_sums]) is one pass too,
 with its parameter factors summed over the rows on the way. [`tanh_()`][hamode.native.tanh_] is σ of the fused
-engine's tanh fields on wide states (torch's runs MKL's vector math, slow on processors that are not Intel's).
+engine's tanh fields on wide states where torch's is slow ([`use_tanh()`][hamode.native.use_tanh]: torch's runs
+MKL's vector math, fast on Intel's processors and slow on others).
 ``python scripts/bench_native.py`` times them against the torch calls they replace (the Speed page has its table).
 
 The kernels are C (``hamode/csrc/rowmm.c``, ``hamode/csrc/tanh.c``), compiled on first use for each (dtype, k, c;
@@ -27,6 +28,7 @@ smaller states (the deep 2-D nets) keep torch's kernels, whose call overhead is 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -45,12 +47,15 @@ __all__ = [
     "NATIVE_FROM",
     "TANH_FROM",
     "cache_dir",
+    "cpu_vendor",
     "enabled",
     "kernel",
     "rowgram",
     "rowmm",
     "rowvjp_sums",
     "tanh_",
+    "torch_tanh_is_slow",
+    "use_tanh",
 ]
 
 NATIVE_FROM = 1 << 16
@@ -82,6 +87,40 @@ that built it, and a changed compiler or cache folder is another key."""
 def enabled() -> bool:
     """Whether the native kernels may be used (``HAMODE_NATIVE`` is not ``0``)."""
     return os.environ.get("HAMODE_NATIVE", "1") != "0"
+
+
+def use_tanh() -> bool:
+    """Whether the fused engine computes ``tanh`` on wide states with [`tanh_()`][hamode.native.tanh_] instead of
+    torch: ``HAMODE_NATIVE_TANH=1`` always, ``0`` never, ``auto`` (the default) where
+    [`torch_tanh_is_slow()`][hamode.native.torch_tanh_is_slow]. A choice by the machine, not by a timing, so a
+    run's numbers do not depend on how fast a call happened to be."""
+    choice = os.environ.get("HAMODE_NATIVE_TANH", "auto")
+    if choice not in ("auto", "0", "1"):
+        raise ValueError(f"HAMODE_NATIVE_TANH must be auto, 0 or 1, not {choice!r}")
+    return choice == "1" or (choice == "auto" and torch_tanh_is_slow())
+
+
+def torch_tanh_is_slow() -> bool:
+    """Whether torch's CPU ``tanh`` runs MKL's vector math on a processor that is not Intel's: MKL takes its fast
+    code paths on Intel processors only, and elsewhere its ``tanh`` is several times slower than hamode's (on an AMD
+    EPYC 2.5 ns an element in float32 against 0.4; on an Intel Xeon torch's is the faster, 173 against 226 µs on a
+    (78 400, 8) state: the Speed page)."""
+    return torch.backends.mkl.is_available() and cpu_vendor() != "GenuineIntel"
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """The processor's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...; ``""`` where it cannot be read).
+    Kept for the process: the processor does not change under it."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    processor = platform.processor()  # Windows names the vendor here ("... GenuineIntel")
+    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in processor), "")
 
 
 def cache_dir() -> Path:
@@ -248,10 +287,11 @@ def tanh_(x: Tensor) -> Tensor | None:
     """``tanh`` of ``x`` in place, or ``None`` when the kernel does not apply (then the caller uses torch).
 
     torch's CPU ``tanh`` runs MKL's vector math, whose fast paths are for Intel processors; elsewhere it costs
-    several times torch's own ``sigmoid`` (on this project's AMD machine 2.5 ns an element in float32: a third of
-    the per-pixel nets' training step). The kernel computes ``tanh`` from ``expm1(-2|x|)`` in one vectorised pass,
-    within 2.5 ulp in float32 (every float32 checked) and 2.4 ulp in float64 (sampled against mpmath; torch's: 1),
-    so the fused engine's results move by rounding only; ``tanh(-0) = -0``, ``tanh(±inf) = ±1``, NaN stays NaN.
+    several times torch's own ``sigmoid`` (on an AMD EPYC 2.5 ns an element in float32: a third of the per-pixel
+    nets' training step). The fused engine calls this where [`use_tanh()`][hamode.native.use_tanh] says so.
+    The kernel computes ``tanh`` from ``expm1(-2|x|)`` in one vectorised pass, within 2.5 ulp in float32 (every
+    float32 checked) and 2.4 ulp in float64 (sampled against mpmath; torch's: 1), so the fused engine's results
+    move by rounding only; ``tanh(-0) = -0``, ``tanh(±inf) = ±1``, NaN stays NaN.
     Applies to dense CPU tensors (any memory format) of float32 or float64 with at least
     [`TANH_FROM`][hamode.native.TANH_FROM] elements, outside autograd, with the kernels enabled and buildable."""
     if x.device.type != "cpu" or x.dtype not in _TYPES or x.numel() < TANH_FROM or not enabled():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -319,6 +320,7 @@ def test_what_tanh_refuses(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_tanh_without_a_compiler_warns_once_and_torch_computes(monkeypatch, tmp_path, dtype):
     monkeypatch.setenv("HAMODE_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("HAMODE_NATIVE_TANH", "1")
     monkeypatch.setenv("CC", "no-such-compiler-hamode")
     x = torch.randn(native.TANH_FROM, dtype=dtype)
     with pytest.warns(RuntimeWarning, match="hamode_tanh"):
@@ -339,6 +341,7 @@ def test_the_fused_conv_engine_takes_tanh_from_the_kernel(monkeypatch, arch):
         return out
 
     monkeypatch.setattr(native, "tanh_", counted)
+    monkeypatch.setenv("HAMODE_NATIVE_TANH", "1")  # whatever this machine's processor
     torch.manual_seed(0)
     field = hamode.make_field(arch, dim=8, n_layers=2, dtype=F64)
     y0 = torch.randn(6, 8, 24, 24, dtype=F64)  # a ConvH2 half-evaluation: 4608 elements, past TANH_FROM
@@ -348,3 +351,38 @@ def test_the_fused_conv_engine_takes_tanh_from_the_kernel(monkeypatch, arch):
     assert any(calls)  # the wide state's σ ran on the kernel
     for a, b in zip(fused, outputs_and_gradients(field, rule, y0, fast=False)):  # the reference: torch's tanh
         assert rel(a, b) <= 1e-12
+
+
+@pytest.mark.parametrize(
+    ("choice", "vendor", "mkl", "expected"),
+    [
+        ("auto", "AuthenticAMD", True, True),  # MKL's generic path: hamode's kernel
+        ("auto", "GenuineIntel", True, False),  # MKL's fast path: torch's
+        ("auto", "AuthenticAMD", False, False),  # torch without MKL computes tanh itself
+        ("1", "GenuineIntel", True, True),
+        ("0", "AuthenticAMD", True, False),
+    ],
+)
+def test_which_tanh_the_fused_engine_uses(monkeypatch, choice, vendor, mkl, expected):
+    monkeypatch.setenv("HAMODE_NATIVE_TANH", choice)
+    monkeypatch.setattr(native, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
+    assert native.use_tanh() is expected
+    calls = []
+    monkeypatch.setattr(native, "tanh_", lambda x: calls.append(x) or torch.tanh_(x))
+    x = torch.randn(native.TANH_FROM)
+    assert torch.equal(get_activation("tanh").sigma_(x.clone()), torch.tanh(x))
+    assert bool(calls) is expected
+
+
+def test_a_bad_native_tanh_choice_is_refused(monkeypatch):
+    monkeypatch.setenv("HAMODE_NATIVE_TANH", "yes")
+    with pytest.raises(ValueError, match="HAMODE_NATIVE_TANH must be auto, 0 or 1"):
+        native.use_tanh()
+
+
+def test_the_cpu_vendor_is_read():
+    vendor = native.cpu_vendor()
+    assert isinstance(vendor, str)
+    if sys.platform.startswith("linux") and platform.machine() == "x86_64":
+        assert vendor in ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
