@@ -318,7 +318,11 @@ def layer_eval(
     engine and its context (the VJP's ``s``). Two products (native on wide states) with σ between them (its
     ``sigma_``: for tanh on wide states hamode's own kernel); why σ is not in the product's kernel is on the Speed
     page."""
-    s = affine_act(act, x, W1, b)
+    if x.numel() >= NATIVE_FROM:
+        s = affine_act(act, x, W1, b)
+    else:  # affine_act's small-state path written out: one frame less per evaluation of the deep nets
+        z = torch.mm(x, W1)
+        s = act.sigma_(z.add_(b) if z.numel() < BIAS_TILE_FROM else add_bias_(z, b))
     return mm_out(s, W2, alpha, base), s
 
 
@@ -332,12 +336,15 @@ def vjp_factors(
     ([`hamode.native.rowvjp_sums`][hamode.native.rowvjp_sums]) that sums the factors over the rows instead of
     keeping them: the factors are then ``(sᵀ c, gzᵀ x, Σ gz)``. ``layer_sums()`` takes either form.
     """
-    if c.numel() >= NATIVE_FROM and act.native_code is not None:
-        done = rowvjp_sums(c, W1, s, act.native_code, W2, x, alpha, base)
+    if c.numel() < NATIVE_FROM:
+        product = torch.mm(c, W1)  # mm_out's small-state path written out: one frame less per VJP of the deep nets
+    else:
+        done = None if act.native_code is None else rowvjp_sums(c, W1, s, act.native_code, W2, x, alpha, base)
         if done is not None:
             out, sc, gx, gs = done
             return out, (sc, gx, gs)
-    gz = act.backprop_through_output(mm_out(c, W1, 1.0, None), s)
+        product = mm_out(c, W1, 1.0, None)
+    gz = act.backprop_through_output(product, s)
     return mm_out(gz, W2, alpha, base), (s, c, gz, x)
 
 

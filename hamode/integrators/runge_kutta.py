@@ -95,6 +95,9 @@ class RungeKutta(Integrator):
 
     # ---------------------------------------------------------------- fused engine
     def fused_step(self, ops: StepOps, j, y, dt):
+        if self._n_sums == 2:  # one stage (Euler): the plan below, written out (the deep nets' per-layer overhead)
+            out, ctx = ops.f(j, y, self._forward_plan[0][0][1] * dt, y)
+            return out, (y, ctx)
         f = ops.f
         acc = [y] * self._n_sums  # stage inputs and (last) the output, built as the k's arrive
         tape = []
@@ -111,6 +114,8 @@ class RungeKutta(Integrator):
         return acc[-1], tuple(tape)
 
     def fused_vjp(self, ops: StepOps, j, tape, g, dt):
+        if self._n_sums == 2:  # one stage: the order below, written out
+            return ops.f_vjp(j, tape[0], tape[1], g, self._vjp_order[0][2] * dt, g)
         f_vjp = ops.f_vjp
         gys = [None] * self._n_sums  # stage-input cotangents; the last slot is the output's
         gys[-1] = g
