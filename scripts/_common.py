@@ -34,6 +34,21 @@ def start(argv: Sequence[str] | None = None) -> None:
     print("$ python " + " ".join(shlex.quote(a) for a in argv), flush=True)
 
 
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``; else ``platform.processor()``), for a table's title: times are
+    quoted with the machine they came from."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown processor"
+
+
 def positive_int(text: str) -> int:
     """An argparse ``type``: an integer >= 1 (argparse names the option in its error)."""
     if not text.isdigit() or int(text) < 1:

@@ -34,6 +34,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    cpu_name,
     interleaved_medians,
     markdown_table,
     out_dir,
@@ -174,8 +175,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(before)
     allocator = "freed memory kept (hamode.memory)" if args.keep_freed_memory else "the C library's default allocator"
     title = (
-        f"Hamiltonian stages of the default HamiltonianCNN, forward + backward, torch {torch.__version__}, CPU, "
-        f"{allocator}, medians of {args.repeats} interleaved runs"
+        f"Hamiltonian stages of the default HamiltonianCNN, forward + backward, torch {torch.__version__}, "
+        f"{cpu_name()}, {allocator}, medians of {args.repeats} interleaved runs"
     )
     table = markdown_table(HEADERS, rows)
     write_text(out / "bench_cnn_stages.md", f"{title}\n\n{table}\n")

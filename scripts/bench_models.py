@@ -46,6 +46,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    cpu_name,
     interleaved_medians,
     markdown_table,
     out_dir,
@@ -378,7 +379,9 @@ def main(argv=None) -> None:
             table = markdown_table(["variant", "ms per training step", f"x {ref}"], table_rows)
             sections.append(f"### {name}: {desc} ({label})\n\n{_agreement(worst, variants)}\n\n{table}\n")
             print(sections[-1], flush=True)
-    machine = f"{torch.__version__}, device {args.device}, {allocator}, median of {args.repeats} interleaved runs"
+    where = cpu_name() if args.device == "cpu" else torch.cuda.get_device_name(device)
+    machine = f"{torch.__version__}, device {args.device} ({where}), {allocator}, median of {args.repeats} interleaved"
+    machine += " runs"
     write_csv(out / "bench_models.csv", ["model", "threads", "variant", "ms", "ratio"], rows)
     write_text(out / "bench_models.md", f"Training step, {machine}\n\n" + "\n".join(sections))
     sym = symplecticity(device)

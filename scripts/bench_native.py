@@ -15,7 +15,7 @@ import argparse
 import time
 
 import torch
-from _common import markdown_table, out_dir, positive_int, start, write_csv, write_text
+from _common import cpu_name, markdown_table, out_dir, positive_int, start, write_csv, write_text
 
 from hamode import native
 
@@ -102,7 +102,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(before)
     headers = ["operation", "dtype", "threads", "native us", "torch us", "native / torch", "max rel. difference"]
     table = markdown_table(headers, rows)
-    title = f"hamode.native on a ({args.rows}, {args.n}) state, torch {torch.__version__}, medians of {args.repeats}"
+    title = (
+        f"hamode.native on a ({args.rows}, {args.n}) state, {cpu_name()}, torch {torch.__version__}, "
+        f"medians of {args.repeats}"
+    )
     write_text(out / "bench_native.md", f"{title}\n\n{table}\n")
     write_csv(out / "bench_native.csv", headers, rows)
     print(title + "\n\n" + table)

@@ -287,6 +287,8 @@ def test_bench_native_writes_its_table(tmp_path, capsys):
     assert len(rows) == 12 and {r[0] for r in rows} == {"base + alpha x W", "VJP + factor sums", "copy + tanh in place"}
     assert all(float(r[6]) <= (1e-5 if r[1] == "float32" else 1e-12) for r in rows)  # checked before timing
     assert "$ python scripts/bench_native.py" in capsys.readouterr().out
+    cpu = load("_common").cpu_name()
+    assert cpu and cpu in (tmp_path / "bench_native.md").read_text()  # times come with the machine they came from
     for bad, message in (
         (["--rows", "100"], "--rows x --n must be at least 65536"),
         (["--n", "65"], "--n must be at most 64"),
