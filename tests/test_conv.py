@@ -361,3 +361,30 @@ def test_image_states_in_either_memory_format_give_the_same_flow():
             outs.append(net(state))
     for out in outs[1:]:
         assert torch.allclose(out, outs[0], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("conv_dtype", ["bfloat16", "float16"])
+def test_a_reduced_precision_vjp_rounds_the_convolutions_operands_and_nothing_else(conv_dtype):
+    """The fused VJP of ``Kᵀ σ(K y + b)`` with reduced-precision convolutions: the products take their operands rounded
+    to that precision, their results come back in float32, and σ', the cotangent ``gz``, the bias gradient's sum
+    and the update stay float32 (exactly: the same calls written out here)."""
+    torch.manual_seed(0)
+    field = hamode.make_field("ConvH1_J1", dim=4, n_layers=1, conv_dtype=conv_dtype)
+    act, low = field.activation, getattr(torch, conv_dtype)
+    w = {
+        key: value[0] if key in ("K", "Kt", "b") else value
+        for key, value in field.fused_weights(field.weight_table()).items()
+    }
+    shape = (2, 4, 96, 96)  # past IN_PLACE_FROM: σ's backward writes over the product it is given
+    y, c, base = (torch.randn(shape).contiguous(memory_format=torch.channels_last) for _ in range(3))
+    with torch.no_grad():
+        _, s = field.fused_f(w, y)
+        g, (s_, cj, gz, y_, gz_sum) = field.fused_f_vjp(w, y, s, c, 0.5, base)
+        cj_want = hamode.fields.conv.channel_mix(w["Jt"], c)
+        gz_want = act.backprop_through_output(torch.nn.functional.conv2d(cj_want.to(low), w["K"], padding=1).float(), s)
+        back = torch.nn.functional.conv2d(gz_want.to(low), w["Kt"], padding=1).float()
+    assert (cj.dtype, gz.dtype, gz_sum.dtype, g.dtype) == (low, low, torch.float32, torch.float32)
+    assert s_ is s and y_ is y and torch.equal(cj, cj_want.to(low))
+    assert torch.equal(gz, gz_want.to(low))  # rounded once, from the float32 gz
+    assert torch.equal(gz_sum, gz_want.sum((0, 2, 3)))  # the bias gradient from the float32 gz
+    assert torch.equal(g, base + 0.5 * back)

@@ -83,8 +83,9 @@ class Convolution:
         p = self.pad
         return F.pad(x, (p, p, p, p), mode="circular") if p else x
 
-    def apply(self, x: Tensor, W: Tensor, b: Tensor | None = None) -> Tensor:
-        dtype, x, W = x.dtype, self.cast(x), self.cast(W)
+    def apply(self, x: Tensor, W: Tensor, b: Tensor | None = None, dtype: torch.dtype | None = None) -> Tensor:
+        """``K x + b``, returned in ``dtype`` (default ``x``'s: an ``x`` cast already names the state's dtype)."""
+        dtype, x, W = x.dtype if dtype is None else dtype, self.cast(x), self.cast(W)
         b = None if b is None else self.cast(b)
         if self.padding == "circular":
             out = F.conv2d(self._circular(x), W, b, dilation=self.dilation)
@@ -258,9 +259,7 @@ class ConvH1Field(ConvField):
         return scaled_(out, alpha, base), s
 
     def fused_f_vjp(self, w, y, s, c, alpha=1.0, base=None):
-        cj = channel_mix(w["Jt"], c)
-        gz = self.activation.backprop_through_output(self.conv.apply(cj, w["K"]), s)
-        return scaled_(self.conv.apply(gz, w["Kt"]), alpha, base), (s, cj, gz, y)
+        return _conv_vjp(self.conv, self.activation, w["K"], w["Kt"], y, s, channel_mix(w["Jt"], c), alpha, base)
 
     def fused_group_grads(self, name, fw, table, factors, a):
         return _conv_group_grads(self.conv, table["K"], factors, a, "K", "b", sign=1.0)
@@ -402,9 +401,8 @@ class ConvH2Field(SeparableMixin, ConvField):
         return scaled_(self._mix(M, self.conv.apply(s, Kt)), sign * alpha, base), s
 
     def _half_vjp(self, K, Kt, Mt, sign, x, s, c, alpha, base):
-        cm = self._mix(Mt, c)  # the cotangent behind the channel mixing (unsigned)
-        gz = self.activation.backprop_through_output(self.conv.apply(cm, K), s)
-        return scaled_(self.conv.apply(gz, Kt), sign * alpha, base), (s, cm, gz, x)
+        # c_M = M c: the cotangent behind the channel mixing (unsigned)
+        return _conv_vjp(self.conv, self.activation, K, Kt, x, s, self._mix(Mt, c), sign * alpha, base)
 
     def fused_dp(self, w, q, alpha=1.0, base=None):  # -Xᵀ K_qᵀ σ(K_q q + b_q)
         return self._half_eval(w["Kq"], w["Kqt"], w["bq"], w["Xt"], -1.0, q, alpha, base)
@@ -424,10 +422,24 @@ class ConvH2Field(SeparableMixin, ConvField):
         return _conv_group_grads(self.conv, table["Kp"], factors, a, "Kp", "bp", sign=1.0)
 
 
+def _conv_vjp(conv: Convolution, act, K: Tensor, Kt: Tensor, x: Tensor, s: Tensor, cm: Tensor, alpha: float, base):
+    """``(base + alpha Kᵀ gz, factors)`` with ``gz = σ'(K x + b) ⊙ K c_M``: the VJP of ``Kᵀ σ(K x + b)`` (its
+    channel mixing applied to the cotangent already: ``cm``), and its parameter factors ``(s, c_M, gz, x, Σ gz)``.
+
+    ``c_M`` and ``gz`` are kept as the convolutions took them, in the products' precision: with ``conv_dtype``
+    ``"bfloat16"`` the weight gradients then take the operands rounded once, not again (the same numbers: rounding is
+    deterministic), and the bias gradient's sum ``Σ gz`` (over the batch and the pixels) is taken here from ``gz``
+    in the state's dtype. At ``"state"`` the casts are the tensors themselves."""
+    dtype, cm = cm.dtype, conv.cast(cm)
+    gz = act.backprop_through_output(conv.apply(cm, K, dtype=dtype), s)
+    gz_c = conv.cast(gz)
+    return scaled_(conv.apply(gz_c, Kt, dtype=dtype), alpha, base), (s, cm, gz_c, x, gz.sum((0, 2, 3)))
+
+
 def _conv_group_grads(conv: Convolution, K: Tensor, factors, a, k_key: str, b_key: str, sign: float) -> dict:
-    """Gradients of ``K``, ``b`` for ``f = sign M Kᵀ σ(K x + b)`` from factors ``(s, c_M, gz, x)`` stacked over
-    nodes: ``∂/∂K = sign a (∂<c_M, Kᵀ s>/∂K + ∂<gz, K x>/∂K)``, ``∂/∂b = sign a Σ gz``."""
-    S, CM, GZ, V = factors
+    """Gradients of ``K``, ``b`` for ``f = sign M Kᵀ σ(K x + b)`` from factors ``(s, c_M, gz, x, Σ gz)`` stacked over
+    nodes (``_conv_vjp``): ``∂/∂K = sign a (∂<c_M, Kᵀ s>/∂K + ∂<gz, K x>/∂K)``, ``∂/∂b = sign a Σ gz``."""
+    S, CM, GZ, V, DB = factors
     nodes = S.shape[0]
     scale = [float(a) if isinstance(a, float) else float(a[i].reshape(())) for i in range(nodes)]
     shape, dtype = K.shape[1:], K.dtype  # the table's weight: the gradients take its dtype
@@ -438,5 +450,5 @@ def _conv_group_grads(conv: Convolution, K: Tensor, factors, a, k_key: str, b_ke
             for i in range(nodes)
         ]
     )
-    db = torch.stack([GZ[i].sum((0, 2, 3), dtype=dtype) * (sign * scale[i]) for i in range(nodes)])
+    db = torch.stack([DB[i].to(dtype) * (sign * scale[i]) for i in range(nodes)])
     return {k_key: dK, b_key: db}
