@@ -8,10 +8,13 @@ its scale are separate passes of torch over megabytes, and a GEMM library is not
 torch between two such passes; an evaluation's VJP ([`rowvjp_sums()`][hamode.native.rowvjp_sums]) is one pass too,
 with its parameter factors summed over the rows on the way. [`tanh_()`][hamode.native.tanh_] is σ of the fused
 engine's tanh fields on wide states where torch's is slow ([`use_tanh()`][hamode.native.use_tanh]: torch's runs
-MKL's vector math, fast on Intel's processors and slow on others).
+MKL's vector math, fast on Intel's processors and slow on others). [`tanh_bf16()`][hamode.native.tanh_bf16],
+[`axpy_bf16()`][hamode.native.axpy_bf16] and [`tanh_backward_bf16()`][hamode.native.tanh_backward_bf16] are the
+image fields' passes between their bfloat16 products and their float32 state (``conv_dtype="bfloat16"``): each
+converts, computes and converts back in one pass.
 ``python scripts/bench_native.py`` times them against the torch calls they replace (the Speed page has its table).
 
-The kernels are C (``hamode/csrc/rowmm.c``, ``hamode/csrc/tanh.c``), compiled on first use for each (dtype, k, c;
+The kernels are C (``hamode/csrc/rowmm.c``, ``tanh.c``, ``bf16.c``), compiled on first use for each (dtype, k, c;
 ``tanh`` for each dtype) with the system's C compiler (``$CC``, default ``cc``; ``-O3 -march=native``, without
 it where the compiler refuses it, and ``-fopenmp`` when torch runs on libgomp, whose already loaded copy they then
 share, so their threads are torch's: ``torch.set_num_threads`` applies). The shared objects are kept in a cache
@@ -46,6 +49,7 @@ __all__ = [
     "MAX_SIZE",
     "NATIVE_FROM",
     "TANH_FROM",
+    "axpy_bf16",
     "cache_dir",
     "cpu_vendor",
     "enabled",
@@ -54,6 +58,8 @@ __all__ = [
     "rowmm",
     "rowvjp_sums",
     "tanh_",
+    "tanh_backward_bf16",
+    "tanh_bf16",
     "torch_tanh_is_slow",
     "use_tanh",
 ]
@@ -74,8 +80,13 @@ SOURCES = {
     "hamode_rowvjp_sums": Path(__file__).with_name("csrc") / "rowmm.c",
     "hamode_rowgram": Path(__file__).with_name("csrc") / "rowmm.c",
     "hamode_tanh": Path(__file__).with_name("csrc") / "tanh.c",
+    "hamode_tanh_bf16": Path(__file__).with_name("csrc") / "bf16.c",
+    "hamode_axpy_bf16": Path(__file__).with_name("csrc") / "bf16.c",
+    "hamode_tanh_bw_bf16": Path(__file__).with_name("csrc") / "bf16.c",
 }
-"""The C source of each kernel; the row-wise ones are built per (dtype, k, c), ``hamode_tanh`` per dtype."""
+"""The C source of each kernel; the row-wise ones are built per (dtype, k, c), the elementwise ones per dtype (the
+bfloat16 passes for a float32 state only)."""
+_ELEMENTWISE = ("hamode_tanh", "hamode_tanh_bf16", "hamode_axpy_bf16", "hamode_tanh_bw_bf16")
 _TYPES = {torch.float32: ("float", ctypes.c_float), torch.float64: ("double", ctypes.c_double)}
 
 _kernels: dict[tuple, object] = {}
@@ -307,6 +318,74 @@ def tanh_(x: Tensor) -> Tensor | None:
     return x
 
 
+def _bf16_operands(*tensors: Tensor) -> bool:
+    """Whether ``tensors`` (bfloat16 and float32 ones mixed) can go through an elementwise bfloat16 pass: dense CPU
+    tensors of one shape and one layout (their elements in the same order), enough of them, outside autograd."""
+    first = tensors[0]
+    if first.device.type != "cpu" or first.numel() < TANH_FROM or not enabled():
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    dense = first.is_contiguous() or (first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last))
+    return dense and all(
+        t.device == first.device and t.shape == first.shape and t.stride() == first.stride() for t in tensors
+    )
+
+
+def tanh_bf16(z: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(tanh(z), tanh(z) rounded to bfloat16)`` for a bfloat16 ``z``, the first in float32, in one pass; ``None``
+    where the kernel does not apply (then the caller converts and uses torch). σ of a reduced-precision image field
+    (``conv_dtype="bfloat16"``): ``z`` is its bfloat16 product, the float32 ``tanh`` its state-precision σ, the
+    bfloat16 one the next product's operand. ``tanh`` as [`tanh_()`][hamode.native.tanh_] computes it; the rounding
+    to bfloat16 is torch's (to nearest even). Applies to dense CPU tensors of at least
+    [`TANH_FROM`][hamode.native.TANH_FROM] elements, outside autograd; the results have ``z``'s layout."""
+    if z.dtype != torch.bfloat16 or not _bf16_operands(z):
+        return None
+    fn = kernel(torch.float32, 0, 0, "hamode_tanh_bf16")
+    if fn is None:
+        return None
+    s, s16 = torch.empty_like(z, dtype=torch.float32), torch.empty_like(z)
+    fn(z.numel(), z.data_ptr(), s.data_ptr(), s16.data_ptr(), torch.get_num_threads())
+    return s, s16
+
+
+def axpy_bf16(base: Tensor | None, x: Tensor, alpha: float) -> Tensor | None:
+    """``base + alpha x`` (``alpha x`` without a base) in float32 for a bfloat16 ``x`` and a float32 ``base``, in one
+    pass (one fused multiply-add, as torch's ``add(base, x, alpha=alpha)`` rounds it); ``None`` where the kernel does
+    not apply. The update of a reduced-precision image field from its bfloat16 product ``Kᵀ s``."""
+    if x.dtype != torch.bfloat16 or (base is not None and base.dtype != torch.float32):
+        return None
+    if not _bf16_operands(x, *(() if base is None else (base,))):
+        return None
+    fn = kernel(torch.float32, 0, 0, "hamode_axpy_bf16")
+    if fn is None:
+        return None
+    out = torch.empty_like(x, dtype=torch.float32)
+    fn(
+        x.numel(),
+        None if base is None else base.data_ptr(),
+        x.data_ptr(),
+        float(alpha),
+        out.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return out
+
+
+def tanh_backward_bf16(p: Tensor, s: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(p (1 - s²), the same rounded to bfloat16)`` for a bfloat16 ``p`` and a float32 ``s`` (tanh's output), the
+    first in float32, in one pass (as torch's ``tanh_backward`` rounds it); ``None`` where the kernel does not apply.
+    The VJP through σ of a reduced-precision image field: ``p`` its bfloat16 product ``K c``."""
+    if p.dtype != torch.bfloat16 or s.dtype != torch.float32 or not _bf16_operands(p, s):
+        return None
+    fn = kernel(torch.float32, 0, 0, "hamode_tanh_bw_bf16")
+    if fn is None:
+        return None
+    gz, gz16 = torch.empty_like(s), torch.empty_like(p)
+    fn(p.numel(), p.data_ptr(), s.data_ptr(), gz.data_ptr(), gz16.data_ptr(), torch.get_num_threads())
+    return gz, gz16
+
+
 def kernel(dtype: torch.dtype, k: int, c: int, name: str = "hamode_rowmm"):
     """The native function ``name`` (``hamode_rowmm``, ``hamode_rowvjp_sums`` or ``hamode_rowgram`` for
     (dtype, k, c); ``hamode_tanh`` for dtype, with k = c = 0), built (or found in the cache folder) on first use;
@@ -348,21 +427,26 @@ def _compiler() -> list[str] | None:
 def _load(dtype: torch.dtype, k: int, c: int, name: str):
     ctype, cscalar = _TYPES[dtype]
     double = int(dtype == torch.float64)
-    what = f"{name} for {dtype}" + (f" ({k} -> {c})" if name != "hamode_tanh" else "")
+    what = f"{name} for {dtype}" + (f" ({k} -> {c})" if name not in _ELEMENTWISE else "")
     cc = _compiler()
     if cc is None:
         return _failed(what, f"no C compiler ({os.environ.get('CC', 'cc')!r} not found)")
     path = SOURCES[name]
-    source = path.read_bytes()
+    source = b"".join(p.read_bytes() for p in sorted(path.parent.glob("*.c")))  # a source may include another
     flags = ["-O3", "-fPIC", "-shared", "-std=gnu11", f"-DDOUBLE={double}"]
     stem = f"{path.stem}_{ctype}"
-    if name != "hamode_tanh":
+    if name not in _ELEMENTWISE:
         flags += [f"-DK={k}", f"-DC={c}"]
         stem += f"_{k}x{c}"
+    elif path.stem == "bf16":
+        flags.append("-ffp-contract=off")  # the roundings of torch's calls (bf16.c)
     flags.append("-fopenmp" if _openmp() else "-fopenmp-simd")  # the simd pragmas hold either way
     stat = os.stat(cc[0])
     errors = []
-    for tuned in (["-march=native"], []):  # a compiler that does not take -march=native builds a generic object
+    # the elementwise passes in the widest vectors (GCC keeps to 256 bits on some AVX-512 processors; per element the
+    # same operations, so the same results): an Intel Xeon's tanh_bf16 on (128, 8, 28, 28) 499 -> 421 µs
+    wide = ["-mprefer-vector-width=512"] if name in _ELEMENTWISE else []
+    for tuned in (["-march=native", *wide], []):  # a compiler that does not take -march=native builds a generic object
         ident = repr((source, tuned + flags, cc, stat.st_size, stat.st_mtime_ns, _cpu(), platform.machine()))
         target = cache_dir() / f"{stem}_{hashlib.sha256(ident.encode()).hexdigest()[:20]}.so"
         error = None if target.exists() else _build(cc, tuned + flags, path, target)
@@ -378,6 +462,12 @@ def _load(dtype: torch.dtype, k: int, c: int, name: str):
     p, n = ctypes.c_void_p, ctypes.c_long
     if name == "hamode_tanh":
         fn.argtypes = [n, p, p, ctypes.c_int]
+    elif name == "hamode_tanh_bf16":
+        fn.argtypes = [n, p, p, p, ctypes.c_int]
+    elif name == "hamode_tanh_bw_bf16":
+        fn.argtypes = [n, p, p, p, p, ctypes.c_int]
+    elif name == "hamode_axpy_bf16":
+        fn.argtypes = [n, p, p, ctypes.c_float, p, ctypes.c_int]
     elif name == "hamode_rowmm":
         fn.argtypes = [n, p, n, p, n, n, p, n, cscalar, p, n, p, ctypes.c_int]
     elif name == "hamode_rowgram":

@@ -37,7 +37,7 @@ def _pairs(rows: int, n: int, dtype: torch.dtype):
     z = torch.randn(rows, n, dtype=dtype) * 2  # a pre-activation
     mine_z, torch_z = z.clone(), z.clone()
 
-    return [
+    pairs = [
         ("base + alpha x W", lambda: native.rowmm(y, W, 0.5, c), torch_update),
         ("copy + tanh in place", lambda: native.tanh_(mine_z.copy_(z)), lambda: torch.tanh_(torch_z.copy_(z))),
         (
@@ -46,12 +46,39 @@ def _pairs(rows: int, n: int, dtype: torch.dtype):
             torch_vjp,
         ),
     ]
+    if dtype != torch.float32:
+        return pairs
+    zb, yb = z.bfloat16(), y.bfloat16()  # bfloat16 products of a reduced-precision image field
+
+    def torch_tanh_bf16():
+        t = torch.tanh_(zb.float())
+        return t, t.bfloat16()
+
+    def torch_tanh_backward_bf16():
+        g = torch.ops.aten.tanh_backward(yb.float(), s)
+        return g, g.bfloat16()
+
+    return [
+        *pairs,
+        ("bf16 product: tanh, float32 + bf16", lambda: native.tanh_bf16(zb), torch_tanh_bf16),
+        (
+            "bf16 product: base + alpha x",
+            lambda: native.axpy_bf16(c, yb, 0.5),
+            lambda: torch.add(c, yb.float(), alpha=0.5),
+        ),
+        (
+            "bf16 product: tanh backward, float32 + bf16",
+            lambda: native.tanh_backward_bf16(yb, s),
+            torch_tanh_backward_bf16,
+        ),
+    ]
 
 
 def _agree(a, b) -> float:
     a = a if isinstance(a, tuple) else (a,)
     b = b if isinstance(b, tuple) else (b,)
-    return max(float((x - z).abs().max() / z.abs().max()) for x, z in zip(a, b))
+    # the float32 results (a bfloat16 one is the float32 one rounded: tests/test_native.py checks that)
+    return max(float((x - z).abs().max() / z.abs().max()) for x, z in zip(a, b) if x.dtype != torch.bfloat16)
 
 
 def main(argv=None) -> None:

@@ -386,3 +386,75 @@ def test_the_cpu_vendor_is_read():
     assert isinstance(vendor, str)
     if sys.platform.startswith("linux") and platform.machine() == "x86_64":
         assert vendor in ("GenuineIntel", "AuthenticAMD", "HygonGenuine", "CentaurHauls")
+
+
+# ---------------------------------------------------------------- the bfloat16 passes of reduced-precision image fields
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_bf16_passes_equal_the_torch_calls_they_replace(layout):
+    torch.manual_seed(0)
+    shape = (4, 8, 20, 21)  # 13 440 elements, an odd count: the vector loops' remainder
+    z, x = ((torch.randn(shape) * 3).contiguous(memory_format=layout).bfloat16() for _ in range(2))
+    base = torch.randn(shape).contiguous(memory_format=layout)
+    s, s16 = native.tanh_bf16(z)
+    assert (s.dtype, s16.dtype) == (torch.float32, torch.bfloat16) and s.stride() == s16.stride() == z.stride()
+    assert torch.equal(s, native.tanh_(z.float()))  # hamode's tanh of the widened product
+    assert torch.equal(s16, s.bfloat16())  # rounded as torch rounds
+    assert torch.equal(native.axpy_bf16(base, x, -0.3), torch.add(base, x.float(), alpha=-0.3))
+    assert torch.equal(native.axpy_bf16(None, x, 0.7), x.float() * 0.7)
+    g, g16 = native.tanh_backward_bf16(x, s)
+    want = torch.ops.aten.tanh_backward(x.float(), s)
+    assert torch.equal(g, want) and torch.equal(g16, want.bfloat16())
+
+
+def test_the_bf16_tanh_pass_at_every_bfloat16_input():
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    z = bits.view(torch.bfloat16)
+    s, s16 = native.tanh_bf16(z)
+    finite = ~z.float().isnan()
+    assert torch.equal(s[finite], native.tanh_(z.float())[finite])
+    assert torch.equal(s16[finite], s[finite].bfloat16())
+    assert s[~finite].isnan().all() and s16[~finite].isnan().all()
+    special = torch.tensor([float("inf"), -float("inf"), -0.0]).bfloat16()
+    special = torch.cat([special, torch.zeros(native.TANH_FROM, dtype=torch.bfloat16)])
+    s, s16 = native.tanh_bf16(special)
+    assert s[:3].tolist() == [1.0, -1.0, 0.0] and str(s[2].item()) == "-0.0" and torch.equal(s16[:3], s[:3].bfloat16())
+
+
+def test_what_the_bf16_passes_refuse(monkeypatch):
+    z = torch.randn(2, 8, 16, 16).bfloat16()  # 4 096 elements
+    s = torch.randn(2, 8, 16, 16)
+    assert native.tanh_bf16(z) is not None and native.tanh_backward_bf16(z, s) is not None
+    assert native.tanh_bf16(z.float()) is None  # the product must be bfloat16
+    assert native.tanh_bf16(z.half()) is None
+    assert native.tanh_bf16(z[:, :, :8]) is None  # too few elements (and not one block)
+    assert native.tanh_backward_bf16(z, s.contiguous(memory_format=torch.channels_last)) is None  # two layouts
+    assert native.tanh_backward_bf16(z, s.double()) is None
+    assert native.axpy_bf16(s.double(), z, 1.0) is None
+    assert native.axpy_bf16(s[:1], z, 1.0) is None  # another shape
+    w = s.clone().requires_grad_(True)
+    assert native.tanh_backward_bf16(z, w) is None  # autograd would not see it
+    monkeypatch.setenv("HAMODE_NATIVE", "0")
+    assert native.tanh_bf16(z) is None and native.axpy_bf16(s, z, 1.0) is None
+
+
+@pytest.mark.parametrize("arch", ["ConvH2", "ConvH1_J1"])
+def test_a_bf16_conv_field_runs_its_passes_on_the_kernels_and_equals_the_torch_calls(monkeypatch, arch):
+    """conv_dtype="bfloat16": the fused engine's passes between the bf16 products and the float32 state run on the
+    kernels, and give exactly what the torch calls they replace give (with hamode's tanh on both sides)."""
+    monkeypatch.setenv("HAMODE_NATIVE_TANH", "1")
+    torch.manual_seed(0)
+    field = hamode.make_field(arch, dim=8, n_layers=2, conv_dtype="bfloat16")
+    y0 = torch.randn(6, 8, 24, 24)  # a half: 4 608 elements, past TANH_FROM
+    rule = "symplectic_euler" if field.separable else "euler"
+    calls = []
+    names = ("tanh_bf16", "axpy_bf16", "tanh_backward_bf16")
+    originals = {name: getattr(native, name) for name in names}
+    for name in names:
+        monkeypatch.setattr(native, name, lambda *a, _f=originals[name], _n=name: calls.append(_n) or _f(*a))
+    on_kernels = outputs_and_gradients(field, rule, y0, fast=True)
+    assert set(calls) == set(names)  # (ConvH1 mixes its channels after Kᵀ: its update pass is the VJP's only)
+    for name in names:
+        monkeypatch.setattr(native, name, lambda *a: None)
+    on_torch = outputs_and_gradients(field, rule, y0, fast=True)
+    for a, b in zip(on_kernels, on_torch):
+        assert torch.equal(a, b)

@@ -284,7 +284,10 @@ def test_bench_make_train_refuses_what_it_cannot_compare(tmp_path, capsys):
 def test_bench_native_writes_its_table(tmp_path, capsys):
     load("bench_native").main(["--out", str(tmp_path), "--rows", "9000", "--repeats", "1"])
     rows = read_csv(tmp_path / "bench_native.csv")[1:]
-    assert len(rows) == 12 and {r[0] for r in rows} == {"base + alpha x W", "VJP + factor sums", "copy + tanh in place"}
+    names = {"base + alpha x W", "VJP + factor sums", "copy + tanh in place"}
+    names |= {"bf16 product: tanh, float32 + bf16", "bf16 product: base + alpha x"}
+    names |= {"bf16 product: tanh backward, float32 + bf16"}
+    assert len(rows) == 18 and {r[0] for r in rows} == names
     assert all(float(r[6]) <= (1e-5 if r[1] == "float32" else 1e-12) for r in rows)  # checked before timing
     assert "$ python scripts/bench_native.py" in capsys.readouterr().out
     cpu = load("_common").cpu_name()
@@ -309,9 +312,9 @@ def test_bench_cnn_stages_times_the_engines_own_convolutions(tmp_path, capsys, m
     for name in ("apply", "weight_grad"):
         original = getattr(Convolution, name)
 
-        def recording(self, x, W, *rest, _name=name, _original=original):
+        def recording(self, x, W, *rest, _name=name, _original=original, **options):
             calls.append((_name, tuple(x.shape), tuple(W.shape) if _name == "apply" else tuple(rest[0])))
-            return _original(self, x, W, *rest)
+            return _original(self, x, W, *rest, **options)
 
         monkeypatch.setattr(Convolution, name, recording)
     for i, stage, hand, x, cotangent in bench.stage_cases(2):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.grad import conv2d_weight
 
+from .. import native
 from ..activations import Activation
 from ..architectures import register_architecture
 from ..validation import check_int
@@ -254,8 +255,8 @@ class ConvH1Field(ConvField):
         return {"K": c(K), "Kt": c(self.conv.adjoint_kernel(K)), "b": c(table["b"]), "J": J, "Jt": J.mT}
 
     def fused_f(self, w, y, alpha=1.0, base=None):
-        s = self.activation.sigma_(self.conv.apply(y, w["K"], w["b"]))
-        out = channel_mix(w["J"], self.conv.apply(s, w["Kt"]))
+        s, s_c = _activation(self.conv, self.activation, y, w["K"], w["b"])
+        out = channel_mix(w["J"], self.conv.apply(s_c, w["Kt"], dtype=y.dtype))
         return scaled_(out, alpha, base), s
 
     def fused_f_vjp(self, w, y, s, c, alpha=1.0, base=None):
@@ -397,8 +398,10 @@ class ConvH2Field(SeparableMixin, ConvField):
         return out | {"X": X, "Xt": X.mT}
 
     def _half_eval(self, K, Kt, b, M, sign, x, alpha, base):
-        s = self.activation.sigma_(self.conv.apply(x, K, b))
-        return scaled_(self._mix(M, self.conv.apply(s, Kt)), sign * alpha, base), s
+        s, s_c = _activation(self.conv, self.activation, x, K, b)
+        if self.mixing:
+            return scaled_(self._mix(M, self.conv.apply(s_c, Kt, dtype=x.dtype)), sign * alpha, base), s
+        return _update(self.conv, self.conv.apply(s_c, Kt), sign * alpha, base, x.dtype), s
 
     def _half_vjp(self, K, Kt, Mt, sign, x, s, c, alpha, base):
         # c_M = M c: the cotangent behind the channel mixing (unsigned)
@@ -422,6 +425,31 @@ class ConvH2Field(SeparableMixin, ConvField):
         return _conv_group_grads(self.conv, table["Kp"], factors, a, "Kp", "bp", sign=1.0)
 
 
+def _activation(conv: Convolution, act: Activation, x: Tensor, K: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """``(s, s_c)``: ``s = σ(K x + b)`` in ``x``'s dtype (σ in place on the product) and ``s`` in the products'
+    precision for the next product (``s`` itself at ``conv_dtype="state"``). From a bfloat16 product of a float32
+    state, tanh runs as one native pass that also rounds its result for the next product
+    ([`hamode.native.tanh_bf16`][hamode.native.tanh_bf16]) instead of a conversion, σ and a conversion back."""
+    z = conv.apply(x, K, b, dtype=conv.compute_dtype)
+    if z.dtype == torch.bfloat16 and x.dtype == torch.float32 and act.native_code == 0:
+        done = native.tanh_bf16(z)
+        if done is not None:
+            return done
+    s = act.sigma_(z if z.dtype == x.dtype else z.to(x.dtype))
+    return s, conv.cast(s)
+
+
+def _update(conv: Convolution, product: Tensor, alpha: float, base: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """``base + alpha product`` in the state's ``dtype`` from a product in the convolutions' precision: from a
+    bfloat16 product one native pass ([`hamode.native.axpy_bf16`][hamode.native.axpy_bf16]) instead of a conversion
+    and the update; else ``scaled_`` over the product (converted)."""
+    if product.dtype == torch.bfloat16 and dtype == torch.float32:
+        out = native.axpy_bf16(base, product, alpha)
+        if out is not None:
+            return out
+    return scaled_(product if product.dtype == dtype else product.to(dtype), alpha, base)
+
+
 def _conv_vjp(conv: Convolution, act, K: Tensor, Kt: Tensor, x: Tensor, s: Tensor, cm: Tensor, alpha: float, base):
     """``(base + alpha Kᵀ gz, factors)`` with ``gz = σ'(K x + b) ⊙ K c_M``: the VJP of ``Kᵀ σ(K x + b)`` (its
     channel mixing applied to the cotangent already: ``cm``), and its parameter factors ``(s, c_M, gz, x, Σ gz)``.
@@ -431,9 +459,15 @@ def _conv_vjp(conv: Convolution, act, K: Tensor, Kt: Tensor, x: Tensor, s: Tenso
     deterministic), and the bias gradient's sum ``Σ gz`` (over the batch and the pixels) is taken here from ``gz``
     in the state's dtype. At ``"state"`` the casts are the tensors themselves."""
     dtype, cm = cm.dtype, conv.cast(cm)
-    gz = act.backprop_through_output(conv.apply(cm, K, dtype=dtype), s)
-    gz_c = conv.cast(gz)
-    return scaled_(conv.apply(gz_c, Kt, dtype=dtype), alpha, base), (s, cm, gz_c, x, gz.sum((0, 2, 3)))
+    product = conv.apply(cm, K)  # in the products' precision
+    done = None
+    if product.dtype == torch.bfloat16 and act.native_code == 0:  # σ' from a bfloat16 product: one native pass
+        done = native.tanh_backward_bf16(product, s)
+    if done is None:
+        gz = act.backprop_through_output(product if product.dtype == dtype else product.to(dtype), s)
+        done = gz, conv.cast(gz)
+    gz, gz_c = done
+    return _update(conv, conv.apply(gz_c, Kt), alpha, base, dtype), (s, cm, gz_c, x, gz.sum((0, 2, 3)))
 
 
 def _conv_group_grads(conv: Convolution, K: Tensor, factors, a, k_key: str, b_key: str, sign: float) -> dict:
