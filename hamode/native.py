@@ -51,6 +51,7 @@ __all__ = [
     "TANH_FROM",
     "axpy_bf16",
     "cache_dir",
+    "cpu_info",
     "cpu_vendor",
     "enabled",
     "kernel",
@@ -123,15 +124,22 @@ def torch_tanh_is_slow() -> bool:
 def cpu_vendor() -> str:
     """The processor's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...; ``""`` where it cannot be read).
     Kept for the process: the processor does not change under it."""
+    processor = platform.processor()  # Windows names the vendor here ("... GenuineIntel")
+    return cpu_info("vendor_id") or next((v for v in ("GenuineIntel", "AuthenticAMD") if v in processor), "")
+
+
+def cpu_info(key: str) -> str:
+    """The value of ``key`` (``vendor_id``, ``model name``, ...) in ``/proc/cpuinfo`` for the first processor; ``""``
+    where there is no such file or key."""
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                name, _, value = line.partition(":")
+                if name.strip() == key:
+                    return value.strip()
     except OSError:
         pass
-    processor = platform.processor()  # Windows names the vendor here ("... GenuineIntel")
-    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in processor), "")
+    return ""
 
 
 def cache_dir() -> Path:

@@ -37,16 +37,11 @@ def start(argv: Sequence[str] | None = None) -> None:
 def cpu_name() -> str:
     """The processor's model name (``/proc/cpuinfo``; else ``platform.processor()``), for a table's title: times are
     quoted with the machine they came from."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     import platform
 
-    return platform.processor() or platform.machine() or "unknown processor"
+    from hamode.native import cpu_info
+
+    return cpu_info("model name") or platform.processor() or platform.machine() or "unknown processor"
 
 
 def positive_int(text: str) -> int:
