@@ -115,8 +115,8 @@ def use_tanh() -> bool:
 def torch_tanh_is_slow() -> bool:
     """Whether torch's CPU ``tanh`` runs MKL's vector math on a processor that is not Intel's: MKL takes its fast
     code paths on Intel processors only, and elsewhere its ``tanh`` is several times slower than hamode's (on an AMD
-    EPYC 2.5 ns an element in float32 against 0.4; on an Intel Xeon torch's is the faster, 173 against 226 µs on a
-    (78 400, 8) state: the Speed page)."""
+    EPYC 2.5 ns an element in float32 against 0.4; on an Intel Xeon torch's is the faster, 340 against 448 µs for a
+    copy and tanh of a (78 400, 8) state: the Speed page)."""
     return torch.backends.mkl.is_available() and cpu_vendor() != "GenuineIntel"
 
 
@@ -317,13 +317,19 @@ def tanh_(x: Tensor) -> Tensor | None:
         return None
     if x.requires_grad and torch.is_grad_enabled():
         return None
-    if not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))):
-        return None  # its elements are not one block of memory
+    if not _dense(x):
+        return None
     fn = kernel(x.dtype, 0, 0, "hamode_tanh")
     if fn is None:
         return None
     fn(x.numel(), x.data_ptr(), x.data_ptr(), torch.get_num_threads())
     return x
+
+
+def _dense(x: Tensor) -> bool:
+    """Whether ``x``'s elements are one block of memory (contiguous, or a ``channels_last`` image batch): an
+    elementwise kernel may run over them in memory order."""
+    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def _bf16_operands(*tensors: Tensor) -> bool:
@@ -334,8 +340,7 @@ def _bf16_operands(*tensors: Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    dense = first.is_contiguous() or (first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last))
-    return dense and all(
+    return _dense(first) and all(
         t.device == first.device and t.shape == first.shape and t.stride() == first.stride() for t in tensors
     )
 
@@ -467,22 +472,17 @@ def _load(dtype: torch.dtype, k: int, c: int, name: str):
         fn = getattr(ctypes.CDLL(str(target)), name)
     except (OSError, AttributeError) as exc:
         return _failed(what, f"could not load {target}: {exc}")
-    p, n = ctypes.c_void_p, ctypes.c_long
-    if name == "hamode_tanh":
-        fn.argtypes = [n, p, p, ctypes.c_int]
-    elif name == "hamode_tanh_bf16":
-        fn.argtypes = [n, p, p, p, ctypes.c_int]
-    elif name == "hamode_tanh_bw_bf16":
-        fn.argtypes = [n, p, p, p, p, ctypes.c_int]
-    elif name == "hamode_axpy_bf16":
-        fn.argtypes = [n, p, p, ctypes.c_float, p, ctypes.c_int]
-    elif name == "hamode_rowmm":
-        fn.argtypes = [n, p, n, p, n, n, p, n, cscalar, p, n, p, ctypes.c_int]
-    elif name == "hamode_rowgram":
-        fn.argtypes = [n, p, n, p, n, p, p, ctypes.c_int]
-    else:  # hamode_rowvjp_sums: c, W1, s, act, W2, alpha, base, y, then the outputs
-        vjp = [n, p, n, p, n, n, p, n, ctypes.c_int, p, n, n, cscalar, p, n]
-        fn.argtypes = [*vjp, p, n, p, p, p, p, p, ctypes.c_int]
+    p, n, i = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+    vjp = [n, p, n, p, n, n, p, n, i, p, n, n, cscalar, p, n]  # rowvjp_sums: c, W1, s, act, W2, alpha, base, y
+    fn.argtypes = {  # each kernel's C signature; the last argument is the thread count
+        "hamode_tanh": [n, p, p, i],
+        "hamode_tanh_bf16": [n, p, p, p, i],
+        "hamode_tanh_bw_bf16": [n, p, p, p, p, i],
+        "hamode_axpy_bf16": [n, p, p, ctypes.c_float, p, i],
+        "hamode_rowmm": [n, p, n, p, n, n, p, n, cscalar, p, n, p, i],
+        "hamode_rowgram": [n, p, n, p, n, p, p, i],
+        "hamode_rowvjp_sums": [*vjp, p, n, p, p, p, p, p, i],  # then the outputs
+    }[name]
     fn.restype = None
     return fn
 

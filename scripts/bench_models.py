@@ -380,8 +380,9 @@ def main(argv=None) -> None:
             sections.append(f"### {name}: {desc} ({label})\n\n{_agreement(worst, variants)}\n\n{table}\n")
             print(sections[-1], flush=True)
     where = cpu_name() if args.device == "cpu" else torch.cuda.get_device_name(device)
-    machine = f"{torch.__version__}, device {args.device} ({where}), {allocator}, median of {args.repeats} interleaved"
-    machine += " runs"
+    machine = (
+        f"{torch.__version__}, device {args.device} ({where}), {allocator}, median of {args.repeats} interleaved runs"
+    )
     write_csv(out / "bench_models.csv", ["model", "threads", "variant", "ms", "ratio"], rows)
     write_text(out / "bench_models.md", f"Training step, {machine}\n\n" + "\n".join(sections))
     sym = symplecticity(device)

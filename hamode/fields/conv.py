@@ -86,6 +86,8 @@ class Convolution:
 
     def apply(self, x: Tensor, W: Tensor, b: Tensor | None = None, dtype: torch.dtype | None = None) -> Tensor:
         """``K x + b``, returned in ``dtype`` (default ``x``'s: an ``x`` cast already names the state's dtype)."""
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"Convolution.apply: dtype must be a torch.dtype or None, got {dtype!r}")
         dtype, x, W = x.dtype if dtype is None else dtype, self.cast(x), self.cast(W)
         b = None if b is None else self.cast(b)
         if self.padding == "circular":
@@ -435,7 +437,7 @@ def _activation(conv: Convolution, act: Activation, x: Tensor, K: Tensor, b: Ten
         done = native.tanh_bf16(z)
         if done is not None:
             return done
-    s = act.sigma_(z if z.dtype == x.dtype else z.to(x.dtype))
+    s = act.sigma_(z.to(x.dtype))  # (z itself when it is in x's dtype)
     return s, conv.cast(s)
 
 
@@ -447,7 +449,7 @@ def _update(conv: Convolution, product: Tensor, alpha: float, base: Tensor | Non
         out = native.axpy_bf16(base, product, alpha)
         if out is not None:
             return out
-    return scaled_(product if product.dtype == dtype else product.to(dtype), alpha, base)
+    return scaled_(product.to(dtype), alpha, base)
 
 
 def _conv_vjp(conv: Convolution, act, K: Tensor, Kt: Tensor, x: Tensor, s: Tensor, cm: Tensor, alpha: float, base):
@@ -464,7 +466,7 @@ def _conv_vjp(conv: Convolution, act, K: Tensor, Kt: Tensor, x: Tensor, s: Tenso
     if product.dtype == torch.bfloat16 and act.native_code == 0:  # σ' from a bfloat16 product: one native pass
         done = native.tanh_backward_bf16(product, s)
     if done is None:
-        gz = act.backprop_through_output(product if product.dtype == dtype else product.to(dtype), s)
+        gz = act.backprop_through_output(product.to(dtype), s)
         done = gz, conv.cast(gz)
     gz, gz_c = done
     return _update(conv, conv.apply(gz_c, Kt), alpha, base, dtype), (s, cm, gz_c, x, gz.sum((0, 2, 3)))
