@@ -329,6 +329,24 @@ def test_reduced_precision_convolutions_keep_the_state_and_its_gradients_in_floa
     assert _relative(fused[0], ref[0]) < 0.1 * _relative(fused[0], want[0])
 
 
+@pytest.mark.parametrize("arch, rule", [("ConvH2", "rk4"), ("ConvH2", "leapfrog"), ("ConvH1_J1", "rk4")])
+def test_reduced_precision_contexts_reach_every_kind_of_rule(arch, rule):
+    """With bfloat16 convolutions an evaluation's context holds σ and the rounded copies the backward's weight
+    gradients take (nested in a Runge-Kutta rule's tape of a separable field, whose stages evaluate both halves): the
+    fused gradients agree with the reference path's to bfloat16's rounding."""
+    torch.manual_seed(0)
+    field = hamode.make_field(arch, dim=4, n_layers=2, conv_dtype="bfloat16")
+    y0 = torch.randn(2, 4, 6, 5)
+    results = []
+    for fast in (True, False):
+        net = hamode.HamiltonianNet(field, 0.6, rule, fast=fast)
+        y = y0.clone().requires_grad_(True)
+        out = net(y)
+        results.append([out, *torch.autograd.grad(out.sin().sum(), [y, *field.parameters()])])
+    for a, b in zip(*results):
+        assert _relative(a, b) < 3e-2
+
+
 def test_reduced_precision_is_refused_unless_named_and_reaches_the_cnn():
     from hamode.models import HamiltonianCNN
 
@@ -371,7 +389,8 @@ def test_image_states_in_either_memory_format_give_the_same_flow():
 def test_a_reduced_precision_vjp_rounds_the_convolutions_operands_and_nothing_else(conv_dtype):
     """The fused VJP of ``Kᵀ σ(K y + b)`` with reduced-precision convolutions: the products take their operands rounded
     to that precision, their results come back in float32, and σ', the cotangent ``gz``, the bias gradient's sum
-    and the update stay float32 (exactly: the same calls written out here)."""
+    and the update stay float32 (exactly: the same calls written out here). The weight gradients' factors ``s`` and
+    ``y`` are the copies the forward rounded (kept in its context), equal to rounding ``s`` and ``y``."""
     torch.manual_seed(0)
     field = hamode.make_field("ConvH1_J1", dim=4, n_layers=1, conv_dtype=conv_dtype)
     act, low = field.activation, getattr(torch, conv_dtype)
@@ -382,13 +401,16 @@ def test_a_reduced_precision_vjp_rounds_the_convolutions_operands_and_nothing_el
     shape = (2, 4, 96, 96)  # past IN_PLACE_FROM: σ's backward writes over the product it is given
     y, c, base = (torch.randn(shape).contiguous(memory_format=torch.channels_last) for _ in range(3))
     with torch.no_grad():
-        _, s = field.fused_f(w, y)
-        g, (s_, cj, gz, y_, gz_sum) = field.fused_f_vjp(w, y, s, c, 0.5, base)
+        _, ctx = field.fused_f(w, y)
+        s, s_low, y_low = ctx
+        g, (s_, cj, gz, y_, gz_sum) = field.fused_f_vjp(w, y, ctx, c, 0.5, base)
         cj_want = hamode.fields.conv.channel_mix(w["Jt"], c)
         gz_want = act.backprop_through_output(torch.nn.functional.conv2d(cj_want.to(low), w["K"], padding=1).float(), s)
         back = torch.nn.functional.conv2d(gz_want.to(low), w["Kt"], padding=1).float()
     assert (cj.dtype, gz.dtype, gz_sum.dtype, g.dtype) == (low, low, torch.float32, torch.float32)
-    assert s_ is s and y_ is y and torch.equal(cj, cj_want.to(low))
+    assert s.dtype == torch.float32
+    assert s_ is s_low and y_ is y_low and torch.equal(s_low, s.to(low)) and torch.equal(y_low, y.to(low))
+    assert torch.equal(cj, cj_want.to(low))
     assert torch.equal(gz, gz_want.to(low))  # rounded once, from the float32 gz
     assert torch.equal(gz_sum, gz_want.sum((0, 2, 3)))  # the bias gradient from the float32 gz
     assert torch.equal(g, base + 0.5 * back)

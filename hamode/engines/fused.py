@@ -201,24 +201,54 @@ def fused_applies(field: Field, integrator: Integrator | None, reversible: bool 
     return not reversible or integrator.reversible
 
 
-def _flatten_tapes(tapes: list[tuple]) -> tuple[list[Tensor], tuple[int, ...]]:
-    """All tapes of a pass share one structure: a tuple whose items are tensors or tuples of tensors.
-    Returns the flat tensors and the structure (item widths, 0 for a bare tensor)."""
+def _flatten_tapes(tapes: list[tuple]) -> tuple[list[Tensor], object]:
+    """All tapes of a pass share one structure: a tuple whose items are tensors or (nested) tuples of tensors (a
+    field's context may itself be a tuple). Returns the flat tensors and that structure: ``None`` for a tape of bare
+    tensors, the items' widths (0 for a bare tensor) where each item is a tensor or a tuple of tensors, else the
+    tape's tree (``None`` at each tensor)."""
     if not tapes:
-        return [], ()
-    widths = tuple(len(item) if isinstance(item, tuple) else 0 for item in tapes[0])
-    if not any(widths):
-        return [t for tape in tapes for t in tape], widths
-    return [t for tape in tapes for item in tape for t in (item if isinstance(item, tuple) else (item,))], widths
+        return [], None
+    first = tapes[0]
+    if all(isinstance(item, Tensor) for item in first):
+        return [t for tape in tapes for t in tape], None
+    if all(isinstance(item, Tensor) or all(isinstance(t, Tensor) for t in item) for item in first):
+        widths = tuple(len(item) if isinstance(item, tuple) else 0 for item in first)
+        return [t for tape in tapes for item in tape for t in (item if isinstance(item, tuple) else (item,))], widths
+    flat: list[Tensor] = []
+    for tape in tapes:
+        _leaves(tape, flat)
+    return flat, _Tree(_structure(first))
 
 
-def _tape(flat: list[Tensor], widths: tuple[int, ...], k: int, stride: int) -> tuple:
-    """Tape k from the flat list (``stride`` tensors per tape)."""
+class _Tree(tuple):
+    """A tape structure nested deeper than one level (``_flatten_tapes``)."""
+
+
+def _structure(item) -> object:
+    return None if isinstance(item, Tensor) else tuple(_structure(i) for i in item)
+
+
+def _leaves(item, out: list[Tensor]) -> None:
+    if isinstance(item, Tensor):
+        out.append(item)
+    else:
+        for i in item:
+            _leaves(i, out)
+
+
+def _rebuild(structure, leaves) -> object:
+    return next(leaves) if structure is None else tuple(_rebuild(s, leaves) for s in structure)
+
+
+def _tape(flat: list[Tensor], structure, k: int, stride: int) -> tuple:
+    """Tape k from the flat list (``stride`` tensors per tape), in the structure ``_flatten_tapes`` returned."""
     chunk = flat[k * stride : (k + 1) * stride]
-    if not any(widths):
+    if structure is None:
         return tuple(chunk)
+    if isinstance(structure, _Tree):
+        return _rebuild(structure, iter(chunk))
     out, i = [], 0
-    for w in widths:
+    for w in structure:
         if w:
             out.append(tuple(chunk[i : i + w]))
             i += w
@@ -317,7 +347,8 @@ class FusedFlow(torch.autograd.Function):
             out = _run(spec, field.fused_rows(y0), ops, tapes)
         ctx.spec, ctx.shape, ctx.ops = spec, y0.shape, ops
         remember_weights(ctx, field)
-        flat, ctx.tape_widths = _flatten_tapes(tapes or [])
+        flat, ctx.tape_structure = _flatten_tapes(tapes or [])
+        ctx.tape_stride = len(flat) // len(tapes) if tapes else 0
         ctx.save_for_backward(y0, out, *flat)
         return out.reshape(y0.shape)
 
@@ -344,8 +375,7 @@ class FusedFlow(torch.autograd.Function):
             state = _split(spec, out) if spec.reversible else None
             acc: dict[str, Tensor] = {}
             chunk, upper = None, schedule.n_layers  # layers [j, upper) recorded and not yet flushed
-            widths = ctx.tape_widths
-            stride = sum(max(w, 1) for w in widths)
+            structure, stride = ctx.tape_structure, ctx.tape_stride
             k = schedule.n_steps
             dt, substeps = schedule.dt, range(schedule.substeps)
             for j in reversed(range(schedule.n_layers)):
@@ -354,7 +384,7 @@ class FusedFlow(torch.autograd.Function):
                     if spec.reversible:
                         state, tape = step.fused_inverse_with_tape(ops, j, state, dt)
                     else:
-                        tape = _tape(flat, widths, k, stride)
+                        tape = _tape(flat, structure, k, stride)
                     g = step.fused_vjp(ops, j, tape, g, dt)
                 if chunk is None:  # every layer records the same: size the batches once
                     chunk = _layers_per_flush(out, ops.recorded_bytes())

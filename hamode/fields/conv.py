@@ -250,19 +250,19 @@ class ConvH1Field(ConvField):
         S = self.activation.slope_bound
         return {"full": S * torch.linalg.matrix_norm(w["J"], 2) * self.conv.operator_norm_bound(w["K"]) ** 2}
 
-    # fused engine: the same products without autograd; ctx = σ(K y + b). The kernels of K and Kᵀ are made once per
-    # pass for all layers, in the convolutions' precision.
+    # fused engine: the same products without autograd; ctx = σ(K y + b) (and its rounded copies: _activation). The
+    # kernels of K and Kᵀ are made once per pass for all layers, in the convolutions' precision.
     def fused_weights(self, table: dict[str, Tensor]) -> dict[str, Tensor]:
         c, K, J = self.conv.cast, table["K"], table["J"]
         return {"K": c(K), "Kt": c(self.conv.adjoint_kernel(K)), "b": c(table["b"]), "J": J, "Jt": J.mT}
 
     def fused_f(self, w, y, alpha=1.0, base=None):
-        s, s_c = _activation(self.conv, self.activation, y, w["K"], w["b"])
-        out = channel_mix(w["J"], self.conv.apply(s_c, w["Kt"], dtype=y.dtype))
-        return scaled_(out, alpha, base), s
+        ctx = _activation(self.conv, self.activation, y, w["K"], w["b"])
+        out = channel_mix(w["J"], self.conv.apply(_s_for_product(ctx), w["Kt"], dtype=y.dtype))
+        return scaled_(out, alpha, base), ctx
 
-    def fused_f_vjp(self, w, y, s, c, alpha=1.0, base=None):
-        return _conv_vjp(self.conv, self.activation, w["K"], w["Kt"], y, s, channel_mix(w["Jt"], c), alpha, base)
+    def fused_f_vjp(self, w, y, ctx, c, alpha=1.0, base=None):
+        return _conv_vjp(self.conv, self.activation, w["K"], w["Kt"], y, ctx, channel_mix(w["Jt"], c), alpha, base)
 
     def fused_group_grads(self, name, fw, table, factors, a):
         return _conv_group_grads(self.conv, table["K"], factors, a, "K", "b", sign=1.0)
@@ -400,26 +400,27 @@ class ConvH2Field(SeparableMixin, ConvField):
         return out | {"X": X, "Xt": X.mT}
 
     def _half_eval(self, K, Kt, b, M, sign, x, alpha, base):
-        s, s_c = _activation(self.conv, self.activation, x, K, b)
+        ctx = _activation(self.conv, self.activation, x, K, b)
+        s_c = _s_for_product(ctx)
         if self.mixing:
-            return scaled_(self._mix(M, self.conv.apply(s_c, Kt, dtype=x.dtype)), sign * alpha, base), s
-        return _update(self.conv, self.conv.apply(s_c, Kt), sign * alpha, base, x.dtype), s
+            return scaled_(self._mix(M, self.conv.apply(s_c, Kt, dtype=x.dtype)), sign * alpha, base), ctx
+        return _update(self.conv, self.conv.apply(s_c, Kt), sign * alpha, base, x.dtype), ctx
 
-    def _half_vjp(self, K, Kt, Mt, sign, x, s, c, alpha, base):
+    def _half_vjp(self, K, Kt, Mt, sign, x, ctx, c, alpha, base):
         # c_M = M c: the cotangent behind the channel mixing (unsigned)
-        return _conv_vjp(self.conv, self.activation, K, Kt, x, s, self._mix(Mt, c), sign * alpha, base)
+        return _conv_vjp(self.conv, self.activation, K, Kt, x, ctx, self._mix(Mt, c), sign * alpha, base)
 
     def fused_dp(self, w, q, alpha=1.0, base=None):  # -Xᵀ K_qᵀ σ(K_q q + b_q)
         return self._half_eval(w["Kq"], w["Kqt"], w["bq"], w["Xt"], -1.0, q, alpha, base)
 
-    def fused_dp_vjp(self, w, q, s, c, alpha=1.0, base=None):
-        return self._half_vjp(w["Kq"], w["Kqt"], w["X"], -1.0, q, s, c, alpha, base)
+    def fused_dp_vjp(self, w, q, ctx, c, alpha=1.0, base=None):
+        return self._half_vjp(w["Kq"], w["Kqt"], w["X"], -1.0, q, ctx, c, alpha, base)
 
     def fused_dq(self, w, p, alpha=1.0, base=None):  # X K_pᵀ σ(K_p p + b_p)
         return self._half_eval(w["Kp"], w["Kpt"], w["bp"], w["X"], 1.0, p, alpha, base)
 
-    def fused_dq_vjp(self, w, p, s, c, alpha=1.0, base=None):
-        return self._half_vjp(w["Kp"], w["Kpt"], w["Xt"], 1.0, p, s, c, alpha, base)
+    def fused_dq_vjp(self, w, p, ctx, c, alpha=1.0, base=None):
+        return self._half_vjp(w["Kp"], w["Kpt"], w["Xt"], 1.0, p, ctx, c, alpha, base)
 
     def fused_group_grads(self, name, fw, table, factors, a):
         if name == "dp":
@@ -427,18 +428,29 @@ class ConvH2Field(SeparableMixin, ConvField):
         return _conv_group_grads(self.conv, table["Kp"], factors, a, "Kp", "bp", sign=1.0)
 
 
-def _activation(conv: Convolution, act: Activation, x: Tensor, K: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """``(s, s_c)``: ``s = σ(K x + b)`` in ``x``'s dtype (σ in place on the product) and ``s`` in the products'
-    precision for the next product (``s`` itself at ``conv_dtype="state"``). From a bfloat16 product of a float32
-    state, tanh runs as one native pass that also rounds its result for the next product
-    ([`hamode.native.tanh_bf16`][hamode.native.tanh_bf16]) instead of a conversion, σ and a conversion back."""
-    z = conv.apply(x, K, b, dtype=conv.compute_dtype)
+def _activation(conv: Convolution, act: Activation, x: Tensor, K: Tensor, b: Tensor) -> Tensor | tuple:
+    """The context of an evaluation: ``s = σ(K x + b)`` in ``x``'s dtype (σ in place on the product), and, where the
+    products run in a reduced precision, also ``s`` and ``x`` as the products take them: ``(s, s_c, x_c)``. The
+    next product and the backward's weight gradients use ``s_c`` and ``x_c``, so each is rounded once per
+    evaluation (the same numbers as rounding again: rounding is deterministic) at the price of keeping them
+    on the tape (half the bytes of ``s`` and ``x`` each in bfloat16). From a bfloat16 product of a float32 state,
+    tanh runs as one native pass that also rounds its result ([`hamode.native.tanh_bf16`][hamode.native.tanh_bf16])
+    instead of a conversion, σ and a conversion back."""
+    x_c = conv.cast(x)
+    z = conv.apply(x_c, K, b, dtype=conv.compute_dtype)
+    done = None
     if z.dtype == torch.bfloat16 and x.dtype == torch.float32 and act.native_code == 0:
         done = native.tanh_bf16(z)
-        if done is not None:
-            return done
-    s = act.sigma_(z.to(x.dtype))  # (z itself when it is in x's dtype)
-    return s, conv.cast(s)
+    if done is None:
+        s = act.sigma_(z.to(x.dtype))  # (z itself when it is in x's dtype)
+        done = s, conv.cast(s)
+    s, s_c = done
+    return s if s_c is s else (s, s_c, x_c)
+
+
+def _s_for_product(ctx: Tensor | tuple) -> Tensor:
+    """``s`` of a context as the products take it."""
+    return ctx[1] if isinstance(ctx, tuple) else ctx
 
 
 def _update(conv: Convolution, product: Tensor, alpha: float, base: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -452,15 +464,21 @@ def _update(conv: Convolution, product: Tensor, alpha: float, base: Tensor | Non
     return scaled_(product.to(dtype), alpha, base)
 
 
-def _conv_vjp(conv: Convolution, act, K: Tensor, Kt: Tensor, x: Tensor, s: Tensor, cm: Tensor, alpha: float, base):
+def _conv_vjp(conv: Convolution, act, K: Tensor, Kt: Tensor, x: Tensor, ctx, cm: Tensor, alpha: float, base):
     """``(base + alpha Kᵀ gz, factors)`` with ``gz = σ'(K x + b) ⊙ K c_M``: the VJP of ``Kᵀ σ(K x + b)`` (its
-    channel mixing applied to the cotangent already: ``cm``), and its parameter factors ``(s, c_M, gz, x, Σ gz)``.
+    channel mixing applied to the cotangent already: ``cm``), and its parameter factors ``(s, c_M, gz, x, Σ gz)``;
+    ``ctx`` is the evaluation's context (``_activation``).
 
-    ``c_M`` and ``gz`` are kept as the convolutions took them, in the products' precision: with ``conv_dtype``
-    ``"bfloat16"`` the weight gradients then take the operands rounded once, not again (the same numbers: rounding is
-    deterministic), and the bias gradient's sum ``Σ gz`` (over the batch and the pixels) is taken here from ``gz``
-    in the state's dtype. At ``"state"`` the casts are the tensors themselves."""
+    The factors are kept as the convolutions take them, in the products' precision: with ``conv_dtype``
+    ``"bfloat16"`` the weight gradients take ``s`` and ``x`` as the forward rounded them and ``c_M``, ``gz`` as the
+    products here did (each rounded once, not again), and the bias gradient's sum ``Σ gz`` (over the batch and
+    the pixels) is taken here from ``gz`` in the state's dtype. At ``"state"`` the casts are the tensors themselves."""
     dtype, cm = cm.dtype, conv.cast(cm)
+    if isinstance(ctx, tuple):
+        s, s_c, x_c = ctx
+    else:
+        s = s_c = ctx
+        x_c = conv.cast(x)
     product = conv.apply(cm, K)  # in the products' precision
     done = None
     if product.dtype == torch.bfloat16 and act.native_code == 0:  # σ' from a bfloat16 product: one native pass
@@ -469,7 +487,7 @@ def _conv_vjp(conv: Convolution, act, K: Tensor, Kt: Tensor, x: Tensor, s: Tenso
         gz = act.backprop_through_output(product.to(dtype), s)
         done = gz, conv.cast(gz)
     gz, gz_c = done
-    return _update(conv, conv.apply(gz_c, Kt), alpha, base, dtype), (s, cm, gz_c, x, gz.sum((0, 2, 3)))
+    return _update(conv, conv.apply(gz_c, Kt), alpha, base, dtype), (s_c, cm, gz_c, x_c, gz.sum((0, 2, 3)))
 
 
 def _conv_group_grads(conv: Convolution, K: Tensor, factors, a, k_key: str, b_key: str, sign: float) -> dict:
