@@ -1,7 +1,7 @@
 """Training-step speed of hamode's models against the loops a user would otherwise write, in one process.
 
     python scripts/bench_models.py --out outputs/bench_models [--repeats 7] [--threads 1,2] [--device cpu]
-        [--keep-freed-memory]
+        [--keep-freed-memory] [--data-dir data | --random-input]
 
 One training step = forward, cross-entropy + the smoothness regulariser, backward, optimizer step. Every
 baseline is written here, runs on the same weights (copied from the hamode model) and is checked to give the
@@ -22,6 +22,10 @@ to the model's reference variant. Models:
 (c) ``deep2d_h1`` / ``deep2d_h2``: the 2-D classifier at depth 1024 (n = 4, batch 125; H1_J1 with forward Euler,
     H2 with symplectic Euler): hamode (backprop and reversible where the rule is reversible) against a plain
     autograd loop.
+
+**Input.** The MNIST models (a) and (b) take a real batch: the first 128 (100) MNIST training images, normalised
+as ``MNISTDataModule`` serves them, from ``--data-dir`` (``make data`` puts them in ``data/``); without the files
+there, or with ``--random-input``, a standard normal batch, and the table says which.
 
 ``--keep-freed-memory`` runs everything with glibc keeping freed memory for reuse (`hamode.memory`, what the
 ``hamode`` command sets); without it the allocator is the C library's default, as in a user's own script.
@@ -58,12 +62,40 @@ from _common import (
 )
 
 import hamode
+from hamode.data.mnist import MNISTError, read_mnist
 from hamode.memory import keep_freed_memory
 from hamode.models import MNISTHDNN, HamiltonianCNN, ResidualCNN, Toy2DClassifier
 
 ALPHA = 1e-4  # the smoothness regulariser's weight (the CNN config's)
 CNN_ARGUMENTS = dict(channels=[16, 32, 64], layers=[2, 2, 2], h=0.5, integrator="symplectic_euler", norm="batch")
 """The default Hamiltonian CNN (configs/mnist_conv_h2.yaml's net)."""
+
+
+DEFAULT_DATA_DIR = "data"
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+"""The normalisation ``MNISTDataModule`` applies (``lightning_modules.data``)."""
+
+
+def mnist_batch(data_dir: str | Path | None, n: int) -> tuple[Tensor, Tensor] | None:
+    """The first ``n`` MNIST training images ``(n, 1, 28, 28)``, normalised as the data module serves them, and
+    their labels; ``None`` where ``data_dir`` is ``None`` or holds no verified MNIST files."""
+    if data_dir is None:
+        return None
+    try:
+        (images, labels), _ = read_mnist(data_dir)
+    except MNISTError:
+        return None
+    x = torch.from_numpy(images[:n].copy()).to(torch.float32).div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)
+    return x.unsqueeze(1), torch.from_numpy(labels[:n].astype("int64"))
+
+
+def image_input(data_dir: str | Path | None, n: int) -> tuple[Tensor, Tensor, str]:
+    """``(x, y, what x is)`` for an MNIST model: a real batch where ``data_dir`` has MNIST, else a random one."""
+    batch = mnist_batch(data_dir, n)
+    if batch is not None:
+        return *batch, f"input: MNIST training images 0-{n - 1}"
+    where = "" if data_dir is None else f" (no MNIST in {data_dir})"
+    return torch.randn(n, 1, 28, 28), torch.randint(0, 10, (n,)), f"input: standard normal{where}"
 
 
 # ---------------------------------------------------------------- the hand-written baselines
@@ -259,8 +291,11 @@ def _train_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tens
     return step
 
 
-def model_cases(device: torch.device) -> list[tuple[str, str, dict[str, nn.Module], Tensor, Tensor, str]]:
-    """``(model, description, variants, x, y, the variant the others are compared with)`` for every model."""
+def model_cases(
+    device: torch.device, data_dir: str | Path | None = None
+) -> list[tuple[str, str, dict[str, nn.Module], Tensor, Tensor, str]]:
+    """``(model, description, variants, x, y, the variant the others are compared with)`` for every model; the MNIST
+    models take their batch from ``data_dir`` where it holds MNIST (``image_input``)."""
     torch.manual_seed(0)
     cases = []
     cnn = HamiltonianCNN(**CNN_ARGUMENTS)
@@ -283,11 +318,11 @@ def model_cases(device: torch.device) -> list[tuple[str, str, dict[str, nn.Modul
         "hand-written loop, bf16 autocast": Autocast(HandCNN(copy.deepcopy(cnn))),
         "hamode fused, bf16 convolutions + autocast": Autocast(reduced),
     }
-    x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
+    x, y, given = image_input(data_dir, 128)
     cases.append(
         (
             "cnn",
-            "HamiltonianCNN, ConvH2 16/32/64 x 2 layers, symplectic Euler, batch 128, AdamW",
+            f"HamiltonianCNN, ConvH2 16/32/64 x 2 layers, symplectic Euler, batch 128, AdamW; {given}",
             variants,
             x,
             y,
@@ -298,11 +333,11 @@ def model_cases(device: torch.device) -> list[tuple[str, str, dict[str, nn.Modul
         torch.manual_seed(0)
         model = MNISTHDNN(arch, channels=8, n_layers=4, h=0.5, integrator=method)
         variants = {"published-style loop": PublishedPixelNet(copy.deepcopy(model), method), "hamode fused": model}
-        x, y = torch.randn(100, 1, 28, 28), torch.randint(0, 10, (100,))
+        x, y, given = image_input(data_dir, 100)
         cases.append(
             (
                 name,
-                f"MNISTHDNN {arch} per pixel, conv 1->8, 4 layers, {method}, batch 100, Adam",
+                f"MNISTHDNN {arch} per pixel, conv 1->8, 4 layers, {method}, batch 100, Adam; {given}",
                 variants,
                 x,
                 y,
@@ -343,12 +378,20 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--only", default="", help="run only the models whose name contains this text")
     parser.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        help="where the MNIST models' batch comes from (make data's folder; random without the files there)",
+    )
+    parser.add_argument("--random-input", action="store_true", help="a standard normal batch for the MNIST models")
+    parser.add_argument(
         "--keep-freed-memory",
         action="store_true",
         help="first apply hamode.memory.keep_freed_memory(), as the hamode command does (process-wide: every "
         "variant runs under it); default: the C library's defaults, as a user's script gets them",
     )
     args = parser.parse_args(argv)
+    if args.random_input and args.data_dir != DEFAULT_DATA_DIR:
+        parser.error("--random-input and --data-dir: give one of them")
     threads = args.threads
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -360,7 +403,7 @@ def main(argv=None) -> None:
     out = out_dir(args.out)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows, sections = [], []
-    for name, desc, variants, x, y, ref in model_cases(device):
+    for name, desc, variants, x, y, ref in model_cases(device, None if args.random_input else args.data_dir):
         if args.only and args.only not in name:
             continue
         worst = _same_logits(variants, x, ref)

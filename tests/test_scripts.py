@@ -266,6 +266,36 @@ def test_bench_models_baselines_compute_the_models_equations(tmp_path, capsys):
             bench.main(["--out", str(tmp_path), *bad])
 
 
+def test_bench_models_times_the_mnist_models_on_real_images_where_there_are_any(tmp_path, mnist_dir):
+    """The MNIST models' batch is MNIST's first training images, normalised as the data module serves them, and the
+    table says which input it timed (a random batch where there is no MNIST)."""
+    import torch
+
+    from hamode.data.mnist import read_mnist
+    from lightning_modules.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
+
+    bench = load("bench_models")
+    x, y, given = bench.image_input(mnist_dir, 100)
+    (images, labels), _ = read_mnist(mnist_dir)
+    want = torch.from_numpy(images[:100].copy()).float().div(255.0).sub(MNIST_MEAN).div(MNIST_STD).unsqueeze(1)
+    assert torch.equal(x, want) and torch.equal(y, torch.from_numpy(labels[:100].astype("int64")))
+    assert given == "input: MNIST training images 0-99"
+    module = MNISTDataModule(data_dir=str(mnist_dir), val_split=0)
+    module.setup("fit")
+    served = module.train_set[0].flatten(1)
+    assert all(bool((served == image).all(1).any()) for image in x[:3].flatten(1))  # exactly as the module serves
+    x, _, given = bench.image_input(tmp_path, 4)  # no MNIST there: random, and said so
+    assert x.shape == (4, 1, 28, 28) and given == f"input: standard normal (no MNIST in {tmp_path})"
+    cases = {name: desc for name, desc, *_ in bench.model_cases(torch.device("cpu"), mnist_dir)}
+    assert all(
+        cases[m].endswith("; input: MNIST training images 0-127" if m == "cnn" else "0-99")
+        for m in cases
+        if m in ("cnn", "pixel_h1", "pixel_h2")
+    )
+    with pytest.raises(SystemExit):
+        bench.main(["--out", str(tmp_path), "--random-input", "--data-dir", str(mnist_dir)])
+
+
 def test_bench_make_train_refuses_what_it_cannot_compare(tmp_path, capsys):
     """The make-train A/B needs a hamode checkout as its baseline and configs both sides have (its runs take
     minutes, so they are exercised by hand; here: the refusals, before anything runs)."""
