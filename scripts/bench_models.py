@@ -12,9 +12,12 @@ to the model's reference variant. Models:
 (a) ``cnn``: the default Hamiltonian CNN of ``make train`` (configs/mnist_conv_h2.yaml: ConvH2 16/32/64, 2 layers
     per stage, h = 0.5, symplectic Euler, batch-norm transitions, batch 128, AdamW): hamode (fused engine),
     hamode ``fast=False`` (autograd reference path), hamode ``gradient="reversible"``, a hand-written autograd loop
-    of the same layer equations (the baseline), and the ``ResidualCNN`` of the same frame. In reduced precision:
+    of the same layer equations (the baseline, on the batch as given: NCHW), the same loop on the batch in the
+    ``channels_last`` memory format (hamode's model runs its convolutions in it; ``make train``'s shifted batches
+    carry its strides, so a loop fed by them runs in it too), and the ``ResidualCNN`` of the same frame. In reduced
+    precision:
     hamode with ``conv_dtype="bfloat16"`` under ``torch.autocast(bfloat16)`` (what
-    ``--model.net.init_args.conv_dtype=bfloat16 --trainer.precision=bf16-mixed`` runs) against the hand-written loop
+    ``--model.net.init_args.conv_dtype=bfloat16 --trainer.precision=bf16-mixed`` runs) against the hand-written loops
     under the same autocast (every convolution in bf16).
 (b) ``pixel_h1`` / ``pixel_h2``: L4DC's per-pixel MNIST net (conv 1 -> 8, H-DNN on every pixel, 4 layers, batch
     100; H1_J1 with forward Euler, H2 with symplectic Euler): hamode against the papers' layer equations written as
@@ -64,7 +67,7 @@ from _common import (
 import hamode
 from hamode.data.mnist import MNISTError, read_mnist
 from hamode.memory import keep_freed_memory
-from hamode.models import MNISTHDNN, HamiltonianCNN, ResidualCNN, Toy2DClassifier
+from hamode.models import MNISTHDNN, HamiltonianCNN, ResidualCNN, Toy2DClassifier, channels_last
 
 ALPHA = 1e-4  # the smoothness regulariser's weight (the CNN config's)
 CNN_ARGUMENTS = dict(channels=[16, 32, 64], layers=[2, 2, 2], h=0.5, integrator="symplectic_euler", norm="batch")
@@ -101,12 +104,17 @@ def image_input(data_dir: str | Path | None, n: int) -> tuple[Tensor, Tensor, st
 # ---------------------------------------------------------------- the hand-written baselines
 class HandCNN(nn.Module):
     """The Hamiltonian CNN with its stages written as a plain loop of TAC's H2 layer on images (symplectic Euler):
-    ``p -= h K_qᵀ σ(K_q q + b_q)``, ``q += h K_pᵀ σ(K_p p + b_p)``; the stem, transitions and head are the model's."""
+    ``p -= h K_qᵀ σ(K_q q + b_q)``, ``q += h K_pᵀ σ(K_p p + b_p)``; the stem, transitions and head are the model's.
 
-    def __init__(self, cnn: HamiltonianCNN) -> None:
+    ``channels_last``: the images enter in the ``channels_last`` memory format (as hamode's model and, by the
+    strides of its shifted batches, ``make train``'s data give them), so every convolution after them runs in that
+    layout; else they run in the layout of the tensors given (NCHW for a plain batch)."""
+
+    def __init__(self, cnn: HamiltonianCNN, channels_last: bool = False) -> None:
         super().__init__()
         self.cnn = cnn  # its parameters are the baseline's parameters
         self.h = [stage.h for stage in cnn.stages]
+        self.channels_last = channels_last
 
     def stage(self, i: int, y: Tensor) -> Tensor:
         field, h = self.cnn.stages[i].field, self.h[i]
@@ -121,7 +129,7 @@ class HandCNN(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         cnn = self.cnn
-        y = cnn.stem(images)
+        y = cnn.stem(channels_last(images) if self.channels_last else images)
         for i in range(len(cnn.stages)):
             if i:
                 y = cnn.transitions[i - 1](y)
@@ -311,11 +319,13 @@ def model_cases(
     reduced.load_state_dict(cnn.state_dict())
     variants = {
         "hand-written loop": HandCNN(copy.deepcopy(cnn)),
+        "hand-written loop, channels_last": HandCNN(copy.deepcopy(cnn), channels_last=True),
         "hamode fused": cnn,
         "hamode fast=False": reference,
         "hamode reversible": reversible,
         "ResidualCNN": residual,
         "hand-written loop, bf16 autocast": Autocast(HandCNN(copy.deepcopy(cnn))),
+        "hand-written loop, channels_last, bf16 autocast": Autocast(HandCNN(copy.deepcopy(cnn), channels_last=True)),
         "hamode fused, bf16 convolutions + autocast": Autocast(reduced),
     }
     x, y, given = image_input(data_dir, 128)
