@@ -191,7 +191,7 @@ def test_bad_arguments_and_states_are_refused():
         hamode.make_field("ConvH2", dim=4, n_layers=2, X="learnable")
     x, W = torch.randn(1, 2, 5, 5), torch.randn(2, 2, 3, 3)
     assert Convolution(dtype="bfloat16").apply(x, W, dtype=torch.float32).dtype == torch.float32
-    with pytest.raises(TypeError, match="Convolution.apply: dtype must be a torch.dtype or None, got 'float32'"):
+    with pytest.raises(TypeError, match=r"Convolution\.apply: dtype must be a torch\.dtype or None, got 'float32'"):
         Convolution().apply(x, W, dtype="float32")
     net = hamode.HamiltonianNet(hamode.make_field("ConvH2", dim=4, n_layers=2), 1.0)
     with pytest.raises(ValueError, match=r"image batch \(B, C, H, W\) with C = dim = 4 channels; got shape \(3, 4\)"):
