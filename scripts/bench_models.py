@@ -68,6 +68,7 @@ import hamode
 from hamode.data.mnist import MNISTError, read_mnist
 from hamode.memory import keep_freed_memory
 from hamode.models import MNISTHDNN, HamiltonianCNN, ResidualCNN, Toy2DClassifier, channels_last
+from lightning_modules.data import MNIST_MEAN, MNIST_STD  # the normalisation MNISTDataModule applies
 
 ALPHA = 1e-4  # the smoothness regulariser's weight (the CNN config's)
 CNN_ARGUMENTS = dict(channels=[16, 32, 64], layers=[2, 2, 2], h=0.5, integrator="symplectic_euler", norm="batch")
@@ -75,8 +76,6 @@ CNN_ARGUMENTS = dict(channels=[16, 32, 64], layers=[2, 2, 2], h=0.5, integrator=
 
 
 DEFAULT_DATA_DIR = "data"
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-"""The normalisation ``MNISTDataModule`` applies (``lightning_modules.data``)."""
 
 
 def mnist_batch(data_dir: str | Path | None, n: int) -> tuple[Tensor, Tensor] | None:
