@@ -27,8 +27,9 @@ to the model's reference variant. Models:
     autograd loop.
 
 **Input.** The MNIST models (a) and (b) take a real batch: the first 128 (100) MNIST training images, normalised
-as ``MNISTDataModule`` serves them, from ``--data-dir`` (``make data`` puts them in ``data/``); without the files
-there, or with ``--random-input``, a standard normal batch, and the table says which.
+as ``MNISTDataModule`` serves them, from ``data/`` (where ``make data`` puts them) or the folder ``--data-dir``
+names (which must hold them); without the files in ``data/``, or with ``--random-input``, a standard normal batch,
+and the table says which.
 
 ``--keep-freed-memory`` runs everything with glibc keeping freed memory for reuse (`hamode.memory`, what the
 ``hamode`` command sets); without it the allocator is the C library's default, as in a user's own script.
@@ -388,8 +389,9 @@ def main(argv=None) -> None:
     parser.add_argument("--only", default="", help="run only the models whose name contains this text")
     parser.add_argument(
         "--data-dir",
-        default=DEFAULT_DATA_DIR,
-        help="where the MNIST models' batch comes from (make data's folder; random without the files there)",
+        default=None,
+        help=f"where the MNIST models' batch comes from (default {DEFAULT_DATA_DIR}/, make data's folder, and a random "
+        "batch without the files there; a folder named here must hold them)",
     )
     parser.add_argument("--random-input", action="store_true", help="a standard normal batch for the MNIST models")
     parser.add_argument(
@@ -399,8 +401,10 @@ def main(argv=None) -> None:
         "variant runs under it); default: the C library's defaults, as a user's script gets them",
     )
     args = parser.parse_args(argv)
-    if args.random_input and args.data_dir != DEFAULT_DATA_DIR:
+    if args.random_input and args.data_dir is not None:
         parser.error("--random-input and --data-dir: give one of them")
+    if args.data_dir is not None and mnist_batch(args.data_dir, 1) is None:
+        parser.error(f"--data-dir {args.data_dir}: no verified MNIST files there (make data, or obtain_mnist)")
     threads = args.threads
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -412,7 +416,8 @@ def main(argv=None) -> None:
     out = out_dir(args.out)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows, sections = [], []
-    for name, desc, variants, x, y, ref in model_cases(device, None if args.random_input else args.data_dir):
+    data_dir = None if args.random_input else (args.data_dir or DEFAULT_DATA_DIR)
+    for name, desc, variants, x, y, ref in model_cases(device, data_dir):
         if args.only and args.only not in name:
             continue
         worst = _same_logits(variants, x, ref)

@@ -266,7 +266,7 @@ def test_bench_models_baselines_compute_the_models_equations(tmp_path, capsys):
             bench.main(["--out", str(tmp_path), *bad])
 
 
-def test_bench_models_times_the_mnist_models_on_real_images_where_there_are_any(tmp_path, mnist_dir):
+def test_bench_models_times_the_mnist_models_on_real_images_where_there_are_any(tmp_path, mnist_dir, capsys):
     """The MNIST models' batch is MNIST's first training images, normalised as the data module serves them, and the
     table says which input it timed (a random batch where there is no MNIST)."""
     import torch
@@ -294,6 +294,10 @@ def test_bench_models_times_the_mnist_models_on_real_images_where_there_are_any(
     )
     with pytest.raises(SystemExit):
         bench.main(["--out", str(tmp_path), "--random-input", "--data-dir", str(mnist_dir)])
+    assert "--random-input and --data-dir: give one of them" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a folder named explicitly must hold MNIST (a typo is not a random batch)
+        bench.main(["--out", str(tmp_path), "--data-dir", str(tmp_path / "nope")])
+    assert f"--data-dir {tmp_path / 'nope'}: no verified MNIST files there" in capsys.readouterr().err
 
 
 def test_bench_make_train_refuses_what_it_cannot_compare(tmp_path, capsys):
