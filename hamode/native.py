@@ -401,8 +401,9 @@ def tanh_backward_bf16(p: Tensor, s: Tensor) -> tuple[Tensor, Tensor] | None:
 
 def kernel(dtype: torch.dtype, k: int, c: int, name: str = "hamode_rowmm"):
     """The native function ``name`` (``hamode_rowmm``, ``hamode_rowvjp_sums`` or ``hamode_rowgram`` for
-    (dtype, k, c); ``hamode_tanh`` for dtype, with k = c = 0), built (or found in the cache folder) on first use;
-    ``None`` where it cannot be built (warned once per process and kernel)."""
+    (dtype, k, c); the elementwise ones, ``hamode_tanh`` and the bfloat16 passes ``hamode_tanh_bf16``,
+    ``hamode_axpy_bf16``, ``hamode_tanh_bw_bf16`` (float32 only), for dtype, with k = c = 0), built (or found in the
+    cache folder) on first use; ``None`` where it cannot be built (warned once per process and kernel)."""
     key = (dtype, k, c, name, os.environ.get("CC"), os.environ.get("HAMODE_NATIVE_CACHE"))
     fn = _kernels.get(key)
     if fn is None:

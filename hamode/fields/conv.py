@@ -258,7 +258,7 @@ class ConvH1Field(ConvField):
 
     def fused_f(self, w, y, alpha=1.0, base=None):
         ctx = _activation(self.conv, self.activation, y, w["K"], w["b"])
-        out = channel_mix(w["J"], self.conv.apply(_s_for_product(ctx), w["Kt"], dtype=y.dtype))
+        out = channel_mix(w["J"], self.conv.apply(_context(ctx, y)[1], w["Kt"], dtype=y.dtype))
         return scaled_(out, alpha, base), ctx
 
     def fused_f_vjp(self, w, y, ctx, c, alpha=1.0, base=None):
@@ -401,7 +401,7 @@ class ConvH2Field(SeparableMixin, ConvField):
 
     def _half_eval(self, K, Kt, b, M, sign, x, alpha, base):
         ctx = _activation(self.conv, self.activation, x, K, b)
-        s_c = _s_for_product(ctx)
+        s_c = _context(ctx, x)[1]
         if self.mixing:
             return scaled_(self._mix(M, self.conv.apply(s_c, Kt, dtype=x.dtype)), sign * alpha, base), ctx
         return _update(self.conv, self.conv.apply(s_c, Kt), sign * alpha, base, x.dtype), ctx
@@ -448,9 +448,10 @@ def _activation(conv: Convolution, act: Activation, x: Tensor, K: Tensor, b: Ten
     return s if s_c is s else (s, s_c, x_c)
 
 
-def _s_for_product(ctx: Tensor | tuple) -> Tensor:
-    """``s`` of a context as the products take it."""
-    return ctx[1] if isinstance(ctx, tuple) else ctx
+def _context(ctx: Tensor | tuple, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(s, s_c, x_c)`` of an evaluation at ``x`` from its context (``_activation``): ``s`` and ``x`` themselves
+    where the products run in the state's dtype (the context is ``s`` alone)."""
+    return ctx if isinstance(ctx, tuple) else (ctx, ctx, x)
 
 
 def _update(conv: Convolution, product: Tensor, alpha: float, base: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -474,11 +475,7 @@ def _conv_vjp(conv: Convolution, act, K: Tensor, Kt: Tensor, x: Tensor, ctx, cm:
     products here did (each rounded once, not again), and the bias gradient's sum ``Σ gz`` (over the batch and
     the pixels) is taken here from ``gz`` in the state's dtype. At ``"state"`` the casts are the tensors themselves."""
     dtype, cm = cm.dtype, conv.cast(cm)
-    if isinstance(ctx, tuple):
-        s, s_c, x_c = ctx
-    else:
-        s = s_c = ctx
-        x_c = conv.cast(x)
+    s, s_c, x_c = _context(ctx, x)
     product = conv.apply(cm, K)  # in the products' precision
     done = None
     if product.dtype == torch.bfloat16 and act.native_code == 0:  # σ' from a bfloat16 product: one native pass
